@@ -1,0 +1,488 @@
+//! The model bundle: what the trainer exports and the daemon loads.
+//!
+//! A bundle is a directory with a `bundle.toml` manifest and the ONNX files it names:
+//!
+//! ```text
+//! mtd-edge/
+//!   bundle.toml
+//!   p33-teacher.onnx      (teacher, μ/σ folded in)
+//!   p33-student0.onnx …   (students)
+//! ```
+//!
+//! [`Bundle::load`] validates everything the engine relies on before any network is built, and
+//! refuses a bad bundle with an error that names the file and the field.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::arch::{Architecture, DESCRIPTOR_DIM, INPUT_CHANNELS, Mode};
+use crate::score::Calibration;
+
+/// The manifest format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Manifest file name inside a bundle directory.
+pub const MANIFEST: &str = "bundle.toml";
+
+/// Why a bundle was refused.
+#[derive(Debug, Error)]
+pub enum BundleError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: format_version {found} is not supported (this build reads {FORMAT_VERSION})")]
+    UnsupportedVersion { path: PathBuf, found: u32 },
+    #[error("{path}: field `{field}`: {message}")]
+    Field {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error("{path} (named by `{field}`): {message}")]
+    Network {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+/// Input geometry and pixel normalisation: `(pixel / 255 − mean) / std` per RGB channel after
+/// resizing the (ROI of the) frame to `width × height`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub width: usize,
+    pub height: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl InputSpec {
+    /// ImageNet statistics, which the distilled teachers expect.
+    pub fn imagenet(width: usize, height: usize) -> Self {
+        Self {
+            width,
+            height,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+}
+
+/// One receptive field: a teacher, its students and their calibration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleSpec {
+    pub patch_size: usize,
+    /// Output stride of the descriptor maps (1 = dense).
+    pub stride: usize,
+    /// Teacher ONNX file, relative to the bundle; its output is already `(y − μ)/σ`.
+    pub teacher: String,
+    /// Student ONNX files (at least two: the variance needs an ensemble).
+    pub students: Vec<String>,
+    /// Optional int8 (QOperator) versions of the same networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<NetworkFiles>,
+    /// Teacher statistics μ, σ (folded into the teacher graph; kept to re-export and audit).
+    pub teacher_mean: Vec<f32>,
+    pub teacher_std: Vec<f32>,
+    pub calibration: Calibration,
+}
+
+/// A teacher file and its student files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkFiles {
+    pub teacher: String,
+    pub students: Vec<String>,
+}
+
+/// How per-pixel anomaly maps become one number per image.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageScoreRule {
+    /// Gaussian smoothing of the fused map before taking the score (0 = none), in input pixels.
+    pub smoothing_sigma: f32,
+    /// Mean of the top `top_fraction` pixels of the smoothed map; a fraction small enough to
+    /// cover one pixel is the maximum.
+    pub top_fraction: f32,
+}
+
+impl Default for ImageScoreRule {
+    fn default() -> Self {
+        Self {
+            smoothing_sigma: 4.0,
+            top_fraction: 0.001,
+        }
+    }
+}
+
+/// The reject threshold on the image score and how it was chosen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    pub threshold: f32,
+    /// How the threshold was derived (e.g. "quantile 0.995 of 120 good validation images + margin 10 %").
+    #[serde(default)]
+    pub rule: String,
+}
+
+/// Where the bundle came from. Free-form beyond the named fields, so the trainer can record
+/// parity reports and losses without a format change.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Provenance {
+    #[serde(default)]
+    pub dataset: String,
+    #[serde(default)]
+    pub created: String,
+    #[serde(default)]
+    pub trainer_version: String,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, toml::Value>,
+}
+
+/// The parsed `bundle.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub input: InputSpec,
+    pub scales: Vec<ScaleSpec>,
+    #[serde(default)]
+    pub image_score: ImageScoreRule,
+    pub decision: Decision,
+    #[serde(default)]
+    pub provenance: Provenance,
+}
+
+/// Numeric precision of the networks the engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    /// f32 graphs converted to f16 at load (fast on ARMv8.2 fp16 cores).
+    F16,
+    /// The bundle's QOperator graphs.
+    Int8,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "int8" => Ok(Self::Int8),
+            other => Err(format!(
+                "unknown precision `{other}` (expected f32, f16 or int8)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Int8 => "int8",
+        })
+    }
+}
+
+/// A validated bundle: the manifest and where its files are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Bundle {
+    /// Reads and validates `dir/bundle.toml` and checks that every network file exists, parses
+    /// as ONNX, and has the input and output shapes the manifest implies.
+    pub fn load(dir: &Path) -> Result<Self, BundleError> {
+        let path = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&path).map_err(|source| BundleError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        // Read the version first, so a future format is refused as such rather than as a
+        // list of unknown fields.
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: Option<u32>,
+        }
+        let version: Version = toml::from_str(&text).map_err(|e| BundleError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        match version.format_version {
+            Some(FORMAT_VERSION) => {}
+            Some(found) => return Err(BundleError::UnsupportedVersion { path, found }),
+            None => {
+                return Err(BundleError::Field {
+                    path,
+                    field: "format_version".into(),
+                    message: "missing".into(),
+                });
+            }
+        }
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| BundleError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let bundle = Bundle {
+            dir: dir.to_path_buf(),
+            manifest,
+        };
+        bundle.validate()?;
+        Ok(bundle)
+    }
+
+    /// Writes the manifest into `self.dir` (the network files are written by the exporter).
+    pub fn save_manifest(&self) -> Result<(), BundleError> {
+        let path = self.dir.join(MANIFEST);
+        let text = toml::to_string_pretty(&self.manifest).map_err(|e| BundleError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let header =
+            "# ustad model bundle. Written by ustad-train; see README.md for the fields.\n";
+        std::fs::write(&path, format!("{header}{text}"))
+            .map_err(|source| BundleError::Io { path, source })
+    }
+
+    /// Path of a file named in the manifest.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The descriptor-map size `(height, width)` of scale `index`.
+    pub fn map_size(&self, index: usize) -> Option<(usize, usize)> {
+        let scale = self.manifest.scales.get(index)?;
+        let arch = Architecture::for_patch_size(scale.patch_size).ok()?;
+        arch.output_size(
+            Mode::Image {
+                stride: scale.stride,
+            },
+            self.manifest.input.height,
+            self.manifest.input.width,
+        )
+        .ok()
+    }
+
+    /// The teacher and student files of `scale` at `precision` (f16 uses the f32 files).
+    pub fn networks<'a>(
+        &self,
+        scale: &'a ScaleSpec,
+        precision: Precision,
+    ) -> Option<(&'a str, &'a [String])> {
+        match precision {
+            Precision::F32 | Precision::F16 => Some((&scale.teacher, &scale.students)),
+            Precision::Int8 => scale
+                .int8
+                .as_ref()
+                .map(|n| (n.teacher.as_str(), n.students.as_slice())),
+        }
+    }
+
+    fn validate(&self) -> Result<(), BundleError> {
+        let path = self.dir.join(MANIFEST);
+        let field = |field: String, message: String| BundleError::Field {
+            path: path.clone(),
+            field,
+            message,
+        };
+        let m = &self.manifest;
+        if m.input.width == 0 || m.input.height == 0 {
+            return Err(field(
+                "input".into(),
+                "width and height must be positive".into(),
+            ));
+        }
+        for (c, (&mean, &std)) in m.input.mean.iter().zip(&m.input.std).enumerate() {
+            if !mean.is_finite() || !std.is_finite() || std <= 0.0 {
+                return Err(field(
+                    format!("input.mean/std[{c}]"),
+                    "must be finite with std > 0".into(),
+                ));
+            }
+        }
+        if m.scales.is_empty() {
+            return Err(field(
+                "scales".into(),
+                "at least one scale is required".into(),
+            ));
+        }
+        let rule = &m.image_score;
+        if !(rule.smoothing_sigma.is_finite() && rule.smoothing_sigma >= 0.0) {
+            return Err(field(
+                "image_score.smoothing_sigma".into(),
+                "must be finite and >= 0".into(),
+            ));
+        }
+        if !(rule.top_fraction > 0.0 && rule.top_fraction <= 1.0) {
+            return Err(field(
+                "image_score.top_fraction".into(),
+                "must be in (0, 1]".into(),
+            ));
+        }
+        if !m.decision.threshold.is_finite() {
+            return Err(field("decision.threshold".into(), "must be finite".into()));
+        }
+        for (index, scale) in m.scales.iter().enumerate() {
+            let at = |name: &str| format!("scales[{index}].{name}");
+            let arch = Architecture::for_patch_size(scale.patch_size)
+                .map_err(|e| field(at("patch_size"), e.to_string()))?;
+            let (map_h, map_w) = arch
+                .output_size(
+                    Mode::Image {
+                        stride: scale.stride,
+                    },
+                    m.input.height,
+                    m.input.width,
+                )
+                .map_err(|e| field(at("stride"), e.to_string()))?;
+            if scale.students.len() < 2 {
+                return Err(field(
+                    at("students"),
+                    format!(
+                        "{} student(s): the variance needs at least 2",
+                        scale.students.len()
+                    ),
+                ));
+            }
+            for (name, values, positive) in [
+                ("teacher_mean", &scale.teacher_mean, false),
+                ("teacher_std", &scale.teacher_std, true),
+            ] {
+                if values.len() != DESCRIPTOR_DIM {
+                    return Err(field(
+                        at(name),
+                        format!("{} values, expected {DESCRIPTOR_DIM}", values.len()),
+                    ));
+                }
+                if let Some(i) = values
+                    .iter()
+                    .position(|v| !v.is_finite() || (positive && *v <= 0.0))
+                {
+                    return Err(field(
+                        format!("{}[{i}]", at(name)),
+                        format!("{} is not a valid statistic", values[i]),
+                    ));
+                }
+            }
+            if let Some(bad) = scale.calibration.invalid_field() {
+                return Err(field(
+                    at(&format!("calibration.{bad}")),
+                    "must be finite (and > 0 for a deviation)".into(),
+                ));
+            }
+            let input_shape = [1, INPUT_CHANNELS, m.input.height, m.input.width];
+            let output_shape = [1, DESCRIPTOR_DIM, map_h, map_w];
+            let mut files: Vec<(String, &String)> = vec![(at("teacher"), &scale.teacher)];
+            files.extend(
+                scale
+                    .students
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (at(&format!("students[{i}]")), s)),
+            );
+            if let Some(int8) = &scale.int8 {
+                if int8.students.len() != scale.students.len() {
+                    return Err(field(
+                        at("int8.students"),
+                        "must list as many students as the f32 networks".into(),
+                    ));
+                }
+                files.push((at("int8.teacher"), &int8.teacher));
+                files.extend(
+                    int8.students
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| (at(&format!("int8.students[{i}]")), s)),
+                );
+            }
+            for (field_name, file) in files {
+                check_network_file(&self.file(file), &field_name, &input_shape, &output_shape)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses an ONNX file's protobuf (not its weights' semantics: tract does that at load) and
+/// checks its declared input and output shapes.
+fn check_network_file(
+    path: &Path,
+    field: &str,
+    input: &[usize; 4],
+    output: &[usize; 4],
+) -> Result<(), BundleError> {
+    use tract_onnx::prelude::Framework;
+    let error = |message: String| BundleError::Network {
+        path: path.to_path_buf(),
+        field: field.to_string(),
+        message,
+    };
+    if !path.is_file() {
+        return Err(error("file not found".into()));
+    }
+    let proto = tract_onnx::onnx()
+        .proto_model_for_path(path)
+        .map_err(|e| error(format!("not a readable ONNX model ({e:#})")))?;
+    let graph = proto
+        .graph
+        .ok_or_else(|| error("ONNX model has no graph".into()))?;
+    let dims = |values: &[tract_onnx::pb::ValueInfoProto],
+                which: &str|
+     -> Result<Vec<usize>, BundleError> {
+        let info = values
+            .first()
+            .ok_or_else(|| error(format!("graph has no {which}")))?;
+        let Some(tract_onnx::pb::type_proto::Value::TensorType(tensor)) =
+            info.r#type.as_ref().and_then(|t| t.value.as_ref())
+        else {
+            return Err(error(format!("{which} `{}` is not a tensor", info.name)));
+        };
+        let shape = tensor
+            .shape
+            .as_ref()
+            .ok_or_else(|| error(format!("{which} `{}` has no shape", info.name)))?;
+        shape
+            .dim
+            .iter()
+            .map(|d| match d.value {
+                Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(v))
+                    if v > 0 =>
+                {
+                    Ok(v as usize)
+                }
+                _ => Err(error(format!(
+                    "{which} `{}` has a symbolic dimension: shapes must be pinned",
+                    info.name
+                ))),
+            })
+            .collect()
+    };
+    let found_input = dims(&graph.input, "input")?;
+    if found_input != input {
+        return Err(error(format!(
+            "input shape {found_input:?}, the manifest implies {input:?}"
+        )));
+    }
+    let found_output = dims(&graph.output, "output")?;
+    if found_output != output {
+        return Err(error(format!(
+            "output shape {found_output:?}, the manifest implies {output:?}"
+        )));
+    }
+    Ok(())
+}

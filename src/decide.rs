@@ -1,0 +1,187 @@
+//! From an anomaly map to one image score and a verdict.
+//!
+//! The paper is segmentation-first; a reject flap needs a rule. Ours: smooth the fused map with
+//! a Gaussian (a single hot pixel is noise, a defect is a blob), then take the mean of the top
+//! fraction of pixels (the maximum when that fraction is one pixel), and reject at or above the
+//! bundle's threshold.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::ImageScoreRule;
+
+/// What happens to a part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Reject,
+}
+
+impl Verdict {
+    /// Reject at or above the threshold. A score that is not a number cannot pass.
+    pub fn from_score(score: f32, threshold: f32) -> Self {
+        if score < threshold {
+            Verdict::Pass
+        } else {
+            Verdict::Reject
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Pass => "pass",
+            Verdict::Reject => "reject",
+        })
+    }
+}
+
+/// Computes image scores for maps of one size, reusing its buffers between frames.
+#[derive(Debug, Clone)]
+pub struct ImageScorer {
+    rule: ImageScoreRule,
+    width: usize,
+    height: usize,
+    kernel: Vec<f32>,
+    scratch: Vec<f32>,
+    smoothed: Vec<f32>,
+}
+
+impl ImageScorer {
+    pub fn new(rule: ImageScoreRule, width: usize, height: usize) -> Self {
+        let kernel = gaussian_kernel(rule.smoothing_sigma);
+        Self {
+            rule,
+            width,
+            height,
+            kernel,
+            scratch: vec![0.0; width * height],
+            smoothed: vec![0.0; width * height],
+        }
+    }
+
+    /// The smoothed map of the last [`score`](Self::score) call.
+    pub fn smoothed(&self) -> &[f32] {
+        &self.smoothed
+    }
+
+    /// The image score of `map` (`height × width`, row-major).
+    pub fn score(&mut self, map: &[f32]) -> f32 {
+        assert_eq!(map.len(), self.width * self.height, "map size");
+        smooth(
+            map,
+            self.width,
+            self.height,
+            &self.kernel,
+            &mut self.scratch,
+            &mut self.smoothed,
+        );
+        top_fraction_mean(&self.smoothed, self.rule.top_fraction, &mut self.scratch)
+    }
+}
+
+/// Normalised 1-D Gaussian of radius ⌈3σ⌉; `[1.0]` for σ = 0.
+fn gaussian_kernel(sigma: f32) -> Vec<f32> {
+    if sigma <= 0.0 {
+        return vec![1.0];
+    }
+    let radius = (3.0 * sigma).ceil() as i32;
+    let mut kernel: Vec<f32> = (-radius..=radius)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let sum: f32 = kernel.iter().sum();
+    kernel.iter_mut().for_each(|k| *k /= sum);
+    kernel
+}
+
+/// Separable convolution with edge clamping: rows into `scratch`, columns into `out`.
+fn smooth(
+    map: &[f32],
+    width: usize,
+    height: usize,
+    kernel: &[f32],
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    let radius = (kernel.len() / 2) as isize;
+    let clamp = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
+    for y in 0..height {
+        let row = &map[y * width..(y + 1) * width];
+        for x in 0..width {
+            scratch[y * width + x] = kernel
+                .iter()
+                .enumerate()
+                .map(|(k, w)| w * row[clamp(x as isize + k as isize - radius, width)])
+                .sum();
+        }
+    }
+    for y in 0..height {
+        for x in 0..width {
+            out[y * width + x] = kernel
+                .iter()
+                .enumerate()
+                .map(|(k, w)| {
+                    w * scratch[clamp(y as isize + k as isize - radius, height) * width + x]
+                })
+                .sum();
+        }
+    }
+}
+
+/// Mean of the largest `max(1, ⌈fraction·n⌉)` values, using `scratch` for the selection.
+/// Any NaN in `values` makes the result NaN, so a broken map can never pass a part.
+pub fn top_fraction_mean(values: &[f32], fraction: f32, scratch: &mut [f32]) -> f32 {
+    if values.is_empty() {
+        return f32::NAN;
+    }
+    if values.iter().any(|v| v.is_nan()) {
+        return f32::NAN;
+    }
+    let k = ((fraction as f64 * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    let scratch = &mut scratch[..values.len()];
+    scratch.copy_from_slice(values);
+    let split = values.len() - k;
+    scratch.select_nth_unstable_by(split, |a, b| a.total_cmp(b));
+    scratch[split..].iter().map(|&v| v as f64).sum::<f64>() as f32 / k as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_fraction_is_the_max_for_one_pixel_and_the_mean_for_all() {
+        let values = [3.0, -1.0, 7.0, 5.0];
+        let mut scratch = [0.0; 4];
+        assert_eq!(top_fraction_mean(&values, 0.01, &mut scratch), 7.0);
+        assert_eq!(top_fraction_mean(&values, 0.5, &mut scratch), 6.0);
+        assert_eq!(top_fraction_mean(&values, 1.0, &mut scratch), 3.5);
+        assert!(top_fraction_mean(&[1.0, f32::NAN], 0.5, &mut scratch).is_nan());
+    }
+
+    #[test]
+    fn smoothing_preserves_a_constant_and_spreads_a_spike() {
+        let rule = ImageScoreRule {
+            smoothing_sigma: 1.0,
+            top_fraction: 0.0001,
+        };
+        let mut scorer = ImageScorer::new(rule, 9, 9);
+        let constant = vec![2.5; 81];
+        assert!((scorer.score(&constant) - 2.5).abs() < 1e-5);
+        let mut spike = vec![0.0; 81];
+        spike[40] = 1.0;
+        let score = scorer.score(&spike);
+        let centre = gaussian_kernel(1.0)[3];
+        assert!((score - centre * centre).abs() < 1e-6, "{score}");
+        let total: f32 = scorer.smoothed().iter().sum();
+        assert!((total - 1.0).abs() < 1e-5, "mass {total}");
+    }
+
+    #[test]
+    fn verdict_rejects_at_threshold_and_on_nan() {
+        assert_eq!(Verdict::from_score(0.99, 1.0), Verdict::Pass);
+        assert_eq!(Verdict::from_score(1.0, 1.0), Verdict::Reject);
+        assert_eq!(Verdict::from_score(f32::NAN, 1.0), Verdict::Reject);
+    }
+}

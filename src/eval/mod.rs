@@ -1,0 +1,21 @@
+//! Evaluation of anomaly maps and image scores against ground truth (DESIGN.md §3).
+//!
+//! - [`metrics`]: image AUROC, ROC curves, pixel AUROC, AU-PRO and the confusion counts at a
+//!   deployed threshold — all exact, with ties counted one half.
+//! - [`components`]: 8-connected labelling of ground-truth masks, the "regions" AU-PRO averages
+//!   over.
+//! - [`plot`]: ROC and PRO curves as PNG, with no font or plotting dependency.
+//!
+//! `ustad eval` is the consumer: it scores a test split, builds one [`PixelEval`] from all maps,
+//! and writes the numbers and the plots.
+
+pub mod components;
+pub mod metrics;
+pub mod plot;
+
+pub use components::{Components, connected_components};
+pub use metrics::{
+    CurvePoint, MapSample, Mask, MetricError, Mistakes, PixelEval, ThresholdReport, area_under,
+    au_pro, image_auroc, mistakes, pixel_auroc, roc_curve,
+};
+pub use plot::{PlotError, PlotStyle, render_pro, render_roc, write_pro_png, write_roc_png};

@@ -1,0 +1,453 @@
+//! The scoring engine: a bundle loaded into tract, run frame after frame.
+//!
+//! Every network is optimised once with pinned input shapes and gets its own
+//! [`TypedSimpleState`], so a frame costs only tract's own work: the networks of all scales run
+//! in parallel on a dedicated thread pool, and the error/variance/fusion/score buffers are
+//! allocated once at load and reused.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use image::DynamicImage;
+use rayon::prelude::*;
+use thiserror::Error;
+use tract_onnx::prelude::*;
+
+use crate::arch::DESCRIPTOR_DIM;
+use crate::bundle::{Bundle, BundleError, Precision};
+use crate::decide::{ImageScorer, Verdict};
+use crate::preprocess;
+use crate::score::{self, Calibration};
+
+/// Why the engine could not load or judge.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("{path}: {message}")]
+    Model { path: PathBuf, message: String },
+    #[error(
+        "bundle has no {precision} networks for scale {scale} (export it with --precision {precision})"
+    )]
+    MissingPrecision { precision: Precision, scale: usize },
+    #[error("could not build the thread pool: {0}")]
+    ThreadPool(String),
+    #[error("{network}: inference failed: {message}")]
+    Inference { network: String, message: String },
+    #[error("the anomaly map is not finite (NaN): the part cannot be judged")]
+    NotFinite,
+    #[error("input has {found} values, the bundle expects {expected}")]
+    InputSize { found: usize, expected: usize },
+}
+
+/// Engine settings that are not part of the bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineOptions {
+    pub precision: Precision,
+    /// Worker threads for the networks; 0 = one per core.
+    pub threads: usize,
+}
+
+/// One network with its plan and state.
+struct NetworkRunner {
+    label: String,
+    state: TypedSimpleState,
+    half: bool,
+    output: Option<TValue>,
+    elapsed: Duration,
+}
+
+impl NetworkRunner {
+    fn load(
+        path: &Path,
+        label: String,
+        input_shape: [usize; 4],
+        expected_output: [usize; 4],
+        half: bool,
+    ) -> Result<Self, EngineError> {
+        let error = |e: TractError| EngineError::Model {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        };
+        let mut model = tract_onnx::onnx()
+            .model_for_path(path)
+            .and_then(|m| m.with_input_fact(0, f32::fact(input_shape).into()))
+            .and_then(|m| m.into_typed())
+            .and_then(|m| m.into_decluttered())
+            .map_err(error)?;
+        if half {
+            let transform = tract_onnx::tract_core::transform::get_transform("f32_to_f16")
+                .map_err(error)?
+                .ok_or_else(|| EngineError::Model {
+                    path: path.to_path_buf(),
+                    message: "this tract build has no f32_to_f16 transform".into(),
+                })?;
+            model = transform.transform_into(model).map_err(error)?;
+        }
+        let model = model.into_optimized().map_err(error)?;
+        let shape = model
+            .output_fact(0)
+            .map_err(error)?
+            .shape
+            .as_concrete()
+            .map(|s| s.to_vec())
+            .ok_or_else(|| EngineError::Model {
+                path: path.to_path_buf(),
+                message: "output shape is not concrete".into(),
+            })?;
+        if shape != expected_output {
+            return Err(EngineError::Model {
+                path: path.to_path_buf(),
+                message: format!("output shape {shape:?}, expected {expected_output:?}"),
+            });
+        }
+        let plan = model.into_runnable().map_err(error)?;
+        let state = plan.spawn().map_err(error)?;
+        Ok(Self {
+            label,
+            state,
+            half,
+            output: None,
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    fn run(&mut self, input: &TValue) -> Result<(), EngineError> {
+        let start = Instant::now();
+        let error = |e: TractError| EngineError::Inference {
+            network: self.label.clone(),
+            message: format!("{e:#}"),
+        };
+        let input = if self.half {
+            input
+                .cast_to::<f16>()
+                .map_err(error)?
+                .into_owned()
+                .into_tvalue()
+        } else {
+            input.clone()
+        };
+        let mut outputs = self.state.run(tvec![input]).map_err(error)?;
+        let output = outputs.remove(0);
+        self.output = Some(if self.half {
+            output
+                .cast_to::<f32>()
+                .map_err(error)?
+                .into_owned()
+                .into_tvalue()
+        } else {
+            output
+        });
+        self.elapsed = start.elapsed();
+        Ok(())
+    }
+
+    fn output(&self) -> &[f32] {
+        self.output
+            .as_ref()
+            .and_then(|t| t.as_plain_ram())
+            .and_then(|view| view.as_slice::<f32>().ok())
+            .unwrap_or(&[])
+    }
+}
+
+/// Per-scale geometry, calibration and buffers.
+struct ScaleState {
+    networks: std::ops::Range<usize>,
+    stride: usize,
+    map_height: usize,
+    map_width: usize,
+    calibration: Calibration,
+    error: Vec<f32>,
+    variance: Vec<f32>,
+    score: Vec<f32>,
+}
+
+/// The result of one frame, borrowed from the engine's buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct Analysis<'a> {
+    /// Image score (see [`crate::decide`]).
+    pub score: f32,
+    pub verdict: Verdict,
+    /// Fused, calibrated anomaly map at input resolution, row-major.
+    pub map: &'a [f32],
+    pub width: usize,
+    pub height: usize,
+}
+
+/// Raw per-scale maps of the last frame, for calibration and evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct ScaleMaps<'a> {
+    pub patch_size: usize,
+    pub stride: usize,
+    pub height: usize,
+    pub width: usize,
+    pub error: &'a [f32],
+    pub variance: &'a [f32],
+}
+
+/// A loaded bundle, ready to judge frames.
+pub struct Engine {
+    bundle: Bundle,
+    options: EngineOptions,
+    threshold: f32,
+    input: Arc<Tensor>,
+    networks: Vec<NetworkRunner>,
+    scales: Vec<ScaleState>,
+    fused: Vec<f32>,
+    scorer: ImageScorer,
+    pool: rayon::ThreadPool,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("bundle", &self.bundle.dir)
+            .field("options", &self.options)
+            .field("networks", &self.networks.len())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Loads and optimises every network of `bundle` at `options.precision`.
+    pub fn load(bundle: Bundle, options: EngineOptions) -> Result<Self, EngineError> {
+        let m = &bundle.manifest;
+        let (height, width) = (m.input.height, m.input.width);
+        let input_shape = [1, 3, height, width];
+        let mut networks = Vec::new();
+        let mut scales = Vec::new();
+        for (index, scale) in m.scales.iter().enumerate() {
+            let (teacher, students) =
+                bundle
+                    .networks(scale, options.precision)
+                    .ok_or(EngineError::MissingPrecision {
+                        precision: options.precision,
+                        scale: index,
+                    })?;
+            let (map_height, map_width) =
+                bundle.map_size(index).ok_or_else(|| EngineError::Model {
+                    path: bundle.file(teacher),
+                    message: "no map size for this scale".into(),
+                })?;
+            let output_shape = [1, DESCRIPTOR_DIM, map_height, map_width];
+            let start = networks.len();
+            let half = options.precision == Precision::F16;
+            let p = scale.patch_size;
+            networks.push(NetworkRunner::load(
+                &bundle.file(teacher),
+                format!("p{p}/teacher"),
+                input_shape,
+                output_shape,
+                half,
+            )?);
+            for (i, student) in students.iter().enumerate() {
+                networks.push(NetworkRunner::load(
+                    &bundle.file(student),
+                    format!("p{p}/student{i}"),
+                    input_shape,
+                    output_shape,
+                    half,
+                )?);
+            }
+            let pixels = map_height * map_width;
+            scales.push(ScaleState {
+                networks: start..networks.len(),
+                stride: scale.stride,
+                map_height,
+                map_width,
+                calibration: scale.calibration,
+                error: vec![0.0; pixels],
+                variance: vec![0.0; pixels],
+                score: vec![0.0; pixels],
+            });
+        }
+        let threads = if options.threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            options.threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("ustad-infer-{i}"))
+            .build()
+            .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
+        let input =
+            Arc::new(
+                Tensor::zero::<f32>(&input_shape).map_err(|e| EngineError::Model {
+                    path: bundle.dir.clone(),
+                    message: format!("{e:#}"),
+                })?,
+            );
+        let scorer = ImageScorer::new(m.image_score, width, height);
+        Ok(Self {
+            threshold: m.decision.threshold,
+            fused: vec![0.0; width * height],
+            bundle,
+            options,
+            input,
+            networks,
+            scales,
+            scorer,
+            pool,
+        })
+    }
+
+    /// The bundle this engine runs.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    pub fn options(&self) -> EngineOptions {
+        self.options
+    }
+
+    /// Input `(height, width)`.
+    pub fn input_size(&self) -> (usize, usize) {
+        (
+            self.bundle.manifest.input.height,
+            self.bundle.manifest.input.width,
+        )
+    }
+
+    /// The reject threshold in force.
+    pub fn threshold(&self) -> f32 {
+        self.threshold
+    }
+
+    /// Overrides the bundle's threshold (config override or sensitivity knob).
+    pub fn set_threshold(&mut self, threshold: f32) {
+        self.threshold = threshold;
+    }
+
+    /// Judges one image: resize, normalise, run, score.
+    pub fn analyze(&mut self, image: &DynamicImage) -> Result<Analysis<'_>, EngineError> {
+        let spec = self.bundle.manifest.input.clone();
+        let rgb = preprocess::resize_rgb(image, &spec);
+        self.fill_input(|buffer| preprocess::normalise_into(&rgb, &spec, buffer))?;
+        self.run_current_input()
+    }
+
+    /// Judges an already normalised CHW input of the bundle's size.
+    pub fn analyze_input(&mut self, input: &[f32]) -> Result<Analysis<'_>, EngineError> {
+        let (height, width) = self.input_size();
+        if input.len() != 3 * height * width {
+            return Err(EngineError::InputSize {
+                found: input.len(),
+                expected: 3 * height * width,
+            });
+        }
+        self.fill_input(|buffer| buffer.copy_from_slice(input))?;
+        self.run_current_input()
+    }
+
+    /// Raw error and variance maps of every scale for the last analysed frame.
+    pub fn scale_maps(&self) -> Vec<ScaleMaps<'_>> {
+        self.scales
+            .iter()
+            .zip(&self.bundle.manifest.scales)
+            .map(|(state, spec)| ScaleMaps {
+                patch_size: spec.patch_size,
+                stride: state.stride,
+                height: state.map_height,
+                width: state.map_width,
+                error: &state.error,
+                variance: &state.variance,
+            })
+            .collect()
+    }
+
+    /// Descriptor maps `(label, CHW values)` of every network for the last frame: for parity
+    /// checks against the trainer.
+    pub fn network_outputs(&self) -> Vec<(&str, &[f32])> {
+        self.networks
+            .iter()
+            .map(|n| (n.label.as_str(), n.output()))
+            .collect()
+    }
+
+    /// Wall time of each network in the last frame (they overlap when run in parallel).
+    pub fn network_timings(&self) -> Vec<(&str, Duration)> {
+        self.networks
+            .iter()
+            .map(|n| (n.label.as_str(), n.elapsed))
+            .collect()
+    }
+
+    /// Writes the next input into the input tensor, reusing last frame's storage when tract
+    /// has let go of it.
+    fn fill_input(&mut self, fill: impl FnOnce(&mut [f32])) -> Result<(), EngineError> {
+        if Arc::get_mut(&mut self.input).is_none() {
+            let fresh = self.input.as_ref().clone();
+            self.input = Arc::new(fresh);
+        }
+        let error = |message: String| EngineError::Inference {
+            network: "input".into(),
+            message,
+        };
+        let tensor =
+            Arc::get_mut(&mut self.input).ok_or_else(|| error("input tensor is shared".into()))?;
+        let mut view = tensor
+            .to_plain_array_view_mut::<f32>()
+            .map_err(|e| error(format!("{e:#}")))?;
+        let slice = view
+            .as_slice_mut()
+            .ok_or_else(|| error("input tensor is not contiguous".into()))?;
+        fill(slice);
+        Ok(())
+    }
+
+    fn run_current_input(&mut self) -> Result<Analysis<'_>, EngineError> {
+        let input = TValue::from_const(self.input.clone());
+        let networks = &mut self.networks;
+        self.pool
+            .install(|| networks.par_iter_mut().try_for_each(|n| n.run(&input)))?;
+        drop(input);
+
+        self.fused.fill(0.0);
+        let (height, width) = self.input_size();
+        let weight = 1.0 / self.scales.len() as f32;
+        for scale in &mut self.scales {
+            let runners = &self.networks[scale.networks.clone()];
+            let teacher = runners[0].output();
+            let students: Vec<&[f32]> = runners[1..].iter().map(|r| r.output()).collect();
+            score::error_and_variance(
+                teacher,
+                &students,
+                DESCRIPTOR_DIM,
+                &mut scale.error,
+                &mut scale.variance,
+            );
+            for ((s, &e), &v) in scale
+                .score
+                .iter_mut()
+                .zip(&scale.error)
+                .zip(&scale.variance)
+            {
+                *s = scale.calibration.normalise(e, v);
+            }
+            score::upsample_accumulate(
+                &scale.score,
+                (scale.map_height, scale.map_width),
+                scale.stride,
+                weight,
+                &mut self.fused,
+                (height, width),
+            );
+        }
+        let score = self.scorer.score(&self.fused);
+        if score.is_nan() {
+            return Err(EngineError::NotFinite);
+        }
+        Ok(Analysis {
+            score,
+            verdict: Verdict::from_score(score, self.threshold),
+            map: &self.fused,
+            width,
+            height,
+        })
+    }
+}

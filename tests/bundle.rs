@@ -1,0 +1,163 @@
+//! A bad bundle is refused at load with an error that names the file and the field.
+
+mod common;
+
+use std::path::Path;
+
+use ustad::bundle::{Bundle, BundleError, ImageScoreRule, InputSpec, MANIFEST};
+
+fn good_bundle(dir: &Path) -> Bundle {
+    let scales = vec![common::random_scale(17, 1, 2, 3)];
+    common::write_random_bundle(
+        dir,
+        InputSpec::imagenet(16, 12),
+        &scales,
+        ImageScoreRule::default(),
+        1.0,
+    )
+}
+
+fn edit_manifest(dir: &Path, from: &str, to: &str) {
+    let path = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "manifest has no `{from}`:\n{text}");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+}
+
+fn load_error(dir: &Path) -> String {
+    Bundle::load(dir)
+        .expect_err("bundle should be refused")
+        .to_string()
+}
+
+#[test]
+fn a_written_bundle_loads_and_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = good_bundle(dir.path());
+    assert_eq!(Bundle::load(dir.path()).unwrap(), bundle);
+    assert_eq!(bundle.map_size(0), Some((12, 16)));
+}
+
+#[test]
+fn missing_network_file_names_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = good_bundle(dir.path());
+    let student = &bundle.manifest.scales[0].students[1];
+    std::fs::remove_file(dir.path().join(student)).unwrap();
+    let err = load_error(dir.path());
+    assert!(
+        err.contains(student.as_str())
+            && err.contains("scales[0].students[1]")
+            && err.contains("not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn truncated_onnx_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = good_bundle(dir.path());
+    let teacher = dir.path().join(&bundle.manifest.scales[0].teacher);
+    let bytes = std::fs::read(&teacher).unwrap();
+    std::fs::write(&teacher, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("teacher.onnx")
+            && err.contains("scales[0].teacher")
+            && err.contains("not a readable ONNX"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_format_version_is_refused_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    good_bundle(dir.path());
+    edit_manifest(dir.path(), "format_version = 1", "format_version = 7");
+    let err = Bundle::load(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, BundleError::UnsupportedVersion { found: 7, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("bundle.toml"));
+}
+
+#[test]
+fn nan_statistics_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    good_bundle(dir.path());
+    edit_manifest(dir.path(), "error_std = 5.0", "error_std = nan");
+    let err = load_error(dir.path());
+    assert!(err.contains("scales[0].calibration.error_std"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    good_bundle(dir.path());
+    let path = dir.path().join(MANIFEST);
+    let mut manifest: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    manifest["scales"].as_array_mut().unwrap()[0]["teacher_std"]
+        .as_array_mut()
+        .unwrap()[0] = toml::Value::Float(f64::NAN);
+    std::fs::write(&path, toml::to_string(&manifest).unwrap()).unwrap();
+    let err = load_error(dir.path());
+    assert!(err.contains("scales[0].teacher_std[0]"), "{err}");
+}
+
+#[test]
+fn shapes_that_disagree_with_the_manifest_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    good_bundle(dir.path());
+    edit_manifest(dir.path(), "width = 16", "width = 20");
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("input shape [1, 3, 12, 16]") && err.contains("[1, 3, 12, 20]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_fields_and_impossible_geometry_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    good_bundle(dir.path());
+    edit_manifest(
+        dir.path(),
+        "format_version = 1",
+        "format_version = 1\nthreshhold = 3",
+    );
+    let err = load_error(dir.path());
+    assert!(err.contains("threshhold"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    good_bundle(dir.path());
+    edit_manifest(dir.path(), "stride = 1", "stride = 2");
+    let err = load_error(dir.path());
+    assert!(err.contains("scales[0].stride"), "{err}");
+}
+
+#[test]
+fn a_single_student_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let scales = [common::random_scale(17, 1, 1, 3)];
+    let exports = ustad::export::ScaleExport {
+        stride: 1,
+        teacher: &scales[0].teacher,
+        students: &scales[0].students,
+        teacher_norm: scales[0].norm.clone(),
+        calibration: scales[0].calibration,
+    };
+    let err = ustad::export::write_bundle(
+        dir.path(),
+        InputSpec::imagenet(16, 16),
+        &[exports],
+        ImageScoreRule::default(),
+        ustad::bundle::Decision {
+            threshold: 1.0,
+            rule: String::new(),
+        },
+        Default::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("the variance needs at least 2"),
+        "{err}"
+    );
+}

@@ -1,0 +1,101 @@
+//! Helpers shared by the integration tests: small bundles of randomly initialised networks,
+//! written through the real export path.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use ustad::arch::DESCRIPTOR_DIM;
+use ustad::bundle::{Bundle, Decision, ImageScoreRule, InputSpec, Provenance};
+use ustad::export::{ChannelNorm, ScaleExport, write_bundle};
+use ustad::score::Calibration;
+use ustad::weights::NetworkWeights;
+
+/// Networks and statistics of a random bundle, kept so tests can recompute by hand.
+pub struct RandomScale {
+    pub stride: usize,
+    pub teacher: NetworkWeights,
+    pub students: Vec<NetworkWeights>,
+    pub norm: ChannelNorm,
+    pub calibration: Calibration,
+}
+
+pub fn random_scale(patch_size: usize, stride: usize, students: usize, seed: u64) -> RandomScale {
+    let teacher = NetworkWeights::random(patch_size, seed).unwrap();
+    let students = (0..students as u64)
+        .map(|i| NetworkWeights::random(patch_size, seed * 100 + i + 1).unwrap())
+        .collect();
+    let norm = ChannelNorm {
+        mean: (0..DESCRIPTOR_DIM)
+            .map(|c| (c as f32 * 0.37).sin() * 0.2)
+            .collect(),
+        std: (0..DESCRIPTOR_DIM)
+            .map(|c| 0.5 + (c % 7) as f32 * 0.1)
+            .collect(),
+    };
+    let calibration = Calibration {
+        error_mean: 20.0 + seed as f32,
+        error_std: 5.0,
+        variance_mean: 3.0,
+        variance_std: 2.0,
+    };
+    RandomScale {
+        stride,
+        teacher,
+        students,
+        norm,
+        calibration,
+    }
+}
+
+pub fn write_random_bundle(
+    dir: &Path,
+    input: InputSpec,
+    scales: &[RandomScale],
+    rule: ImageScoreRule,
+    threshold: f32,
+) -> Bundle {
+    let exports: Vec<ScaleExport<'_>> = scales
+        .iter()
+        .map(|s| ScaleExport {
+            stride: s.stride,
+            teacher: &s.teacher,
+            students: &s.students,
+            teacher_norm: s.norm.clone(),
+            calibration: s.calibration,
+        })
+        .collect();
+    let provenance = Provenance {
+        dataset: "random".into(),
+        created: "test".into(),
+        trainer_version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    };
+    write_bundle(
+        dir,
+        input,
+        &exports,
+        rule,
+        Decision {
+            threshold,
+            rule: "fixed by the test".into(),
+        },
+        provenance,
+    )
+    .unwrap()
+}
+
+/// A deterministic synthetic part image: smooth gradients plus a bright blob.
+pub fn test_image(width: u32, height: u32) -> image::DynamicImage {
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(width, height, |x, y| {
+        let blob = if (x as i32 - 12).pow(2) + (y as i32 - 9).pow(2) < 16 {
+            120
+        } else {
+            0
+        };
+        image::Rgb([
+            ((x * 7 + y * 3) % 256) as u8,
+            ((x * 2 + y * 11) % 200) as u8 + blob / 2,
+            (((x ^ y) * 5) % 256) as u8 / 2 + blob,
+        ])
+    }))
+}

@@ -1,0 +1,268 @@
+//! The scoring engine against a straightforward reference computation: exported graphs run by
+//! tract must equal the direct-loop network, teacher normalisation must be folded correctly,
+//! and the fused map and image score must follow the formulas of the paper.
+
+mod common;
+
+use ustad::arch::{DESCRIPTOR_DIM, Mode};
+use ustad::bundle::{ImageScoreRule, InputSpec};
+use ustad::export::{ChannelNorm, GraphSpec, network_graph, save_model};
+use ustad::infer::{Engine, EngineOptions};
+use ustad::preprocess;
+use ustad::reference::{self, FeatureMap};
+use ustad::weights::NetworkWeights;
+
+use tract_onnx::prelude::*;
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn run_tract(path: &std::path::Path, input: &FeatureMap) -> Vec<f32> {
+    let model = tract_onnx::onnx()
+        .model_for_path(path)
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let tensor =
+        Tensor::from_shape(&[1, input.channels, input.height, input.width], &input.data).unwrap();
+    let out = model.run(tvec![tensor.into_tvalue()]).unwrap();
+    out[0]
+        .try_as_plain_ram()
+        .unwrap()
+        .as_slice::<f32>()
+        .unwrap()
+        .to_vec()
+}
+
+fn random_input(height: usize, width: usize, seed: u64) -> FeatureMap {
+    let mut state = seed;
+    FeatureMap {
+        channels: 3,
+        height,
+        width,
+        data: (0..3 * height * width)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect(),
+    }
+}
+
+/// tract on the exported file equals the reference, for every p, at the densest and sparsest
+/// strides, with and without the folded teacher normalisation.
+#[test]
+fn exported_graphs_match_the_reference_network() {
+    let dir = tempfile::tempdir().unwrap();
+    for (p, height, width) in [(17, 16, 19), (33, 20, 16), (65, 16, 24)] {
+        let weights = NetworkWeights::random(p, p as u64 + 1000).unwrap();
+        let arch = weights.architecture().unwrap();
+        let input = random_input(height, width, p as u64);
+        let strides = arch.supported_strides();
+        for &stride in [strides[0], *strides.last().unwrap()]
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let mode = Mode::Image { stride };
+            let want = reference::forward(&weights, mode, &input).unwrap();
+            for folded in [false, true] {
+                let norm = ChannelNorm {
+                    mean: (0..DESCRIPTOR_DIM).map(|c| c as f32 * 0.01 - 0.5).collect(),
+                    std: (0..DESCRIPTOR_DIM)
+                        .map(|c| 0.25 + c as f32 * 0.02)
+                        .collect(),
+                };
+                let spec = GraphSpec {
+                    height,
+                    width,
+                    mode,
+                    output_norm: folded.then(|| norm.clone()),
+                };
+                let path = dir.path().join(format!("p{p}-s{stride}-{folded}.onnx"));
+                save_model(&network_graph(&weights, &spec).unwrap(), &path).unwrap();
+                let got = run_tract(&path, &input);
+                let pixels = want.height * want.width;
+                let expected: Vec<f32> = if folded {
+                    want.data
+                        .iter()
+                        .enumerate()
+                        .map(|(i, y)| (y - norm.mean[i / pixels]) / norm.std[i / pixels])
+                        .collect()
+                } else {
+                    want.data.clone()
+                };
+                let diff = max_abs_diff(&got, &expected);
+                assert!(
+                    diff < 1e-4,
+                    "p = {p}, s = {stride}, folded = {folded}: max diff {diff}"
+                );
+            }
+        }
+    }
+}
+
+/// The engine's fused map and image score follow e, v, calibration, upsampling and averaging
+/// as defined, recomputed here one descriptor at a time from the reference networks.
+#[test]
+fn engine_scores_follow_the_formulas() {
+    let dir = tempfile::tempdir().unwrap();
+    let (width, height) = (24, 20);
+    let input_spec = InputSpec::imagenet(width, height);
+    let scales = vec![
+        common::random_scale(17, 1, 3, 1),
+        common::random_scale(33, 4, 3, 2),
+    ];
+    // No smoothing and a one-pixel top fraction: the image score is the map's maximum.
+    let rule = ImageScoreRule {
+        smoothing_sigma: 0.0,
+        top_fraction: 1e-6,
+    };
+    let bundle = common::write_random_bundle(dir.path(), input_spec.clone(), &scales, rule, 0.5);
+    let mut engine = Engine::load(bundle, EngineOptions::default()).unwrap();
+
+    let image = common::test_image(37, 29);
+    let input_values = preprocess::to_input(&image, &input_spec);
+    let input = FeatureMap {
+        channels: 3,
+        height,
+        width,
+        data: input_values,
+    };
+    let analysis = engine.analyze(&image).unwrap();
+    let (map, score) = (analysis.map.to_vec(), analysis.score);
+
+    let mut fused = vec![0.0f32; width * height];
+    for scale in &scales {
+        let mode = Mode::Image {
+            stride: scale.stride,
+        };
+        let t = reference::forward(&scale.teacher, mode, &input).unwrap();
+        let students: Vec<FeatureMap> = scale
+            .students
+            .iter()
+            .map(|s| reference::forward(s, mode, &input).unwrap())
+            .collect();
+        let (mh, mw) = (t.height, t.width);
+        let mut scale_map = vec![0.0f32; mh * mw];
+        for y in 0..mh {
+            for x in 0..mw {
+                let target: Vec<f32> = t
+                    .descriptor(y, x)
+                    .iter()
+                    .enumerate()
+                    .map(|(c, v)| (v - scale.norm.mean[c]) / scale.norm.std[c])
+                    .collect();
+                let preds: Vec<Vec<f32>> = students.iter().map(|s| s.descriptor(y, x)).collect();
+                let m = preds.len() as f32;
+                let mean: Vec<f32> = (0..DESCRIPTOR_DIM)
+                    .map(|c| preds.iter().map(|p| p[c]).sum::<f32>() / m)
+                    .collect();
+                let e: f32 = mean.iter().zip(&target).map(|(a, b)| (a - b).powi(2)).sum();
+                let v = preds
+                    .iter()
+                    .map(|p| p.iter().map(|a| a * a).sum::<f32>())
+                    .sum::<f32>()
+                    / m
+                    - mean.iter().map(|a| a * a).sum::<f32>();
+                let c = &scale.calibration;
+                scale_map[y * mw + x] =
+                    (e - c.error_mean) / c.error_std + (v - c.variance_mean) / c.variance_std;
+            }
+        }
+        // Bilinear between samples at multiples of the stride, clamped past the last one.
+        let s = scale.stride as f32;
+        for y in 0..height {
+            for x in 0..width {
+                let (fy, fx) = (y as f32 / s, x as f32 / s);
+                let (y0, x0) = ((fy as usize).min(mh - 1), (fx as usize).min(mw - 1));
+                let (y1, x1) = ((y0 + 1).min(mh - 1), (x0 + 1).min(mw - 1));
+                let (ty, tx) = ((fy - y0 as f32).min(1.0), (fx - x0 as f32).min(1.0));
+                let at = |yy: usize, xx: usize| scale_map[yy * mw + xx];
+                let top = at(y0, x0) * (1.0 - tx) + at(y0, x1) * tx;
+                let bottom = at(y1, x0) * (1.0 - tx) + at(y1, x1) * tx;
+                fused[y * width + x] += (top * (1.0 - ty) + bottom * ty) / scales.len() as f32;
+            }
+        }
+    }
+    let scale_of_values = fused.iter().map(|v| v.abs()).fold(1.0, f32::max);
+    let diff = max_abs_diff(&map, &fused);
+    assert!(
+        diff < 1e-3 * scale_of_values,
+        "fused map differs by {diff} (values up to {scale_of_values})"
+    );
+    let want_score = fused.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    assert!(
+        (score - want_score).abs() < 1e-3 * scale_of_values,
+        "score {score} vs {want_score}"
+    );
+
+    // The raw maps are exposed for calibration, and a second frame reuses the buffers.
+    assert_eq!(engine.scale_maps().len(), 2);
+    let again = engine.analyze(&image).unwrap();
+    assert_eq!(again.map, map.as_slice());
+}
+
+/// Students initialised identically have zero variance and, at the teacher's weights, zero
+/// error: the calibrated score is then exactly -(e_μ/e_σ + v_μ/v_σ) everywhere.
+#[test]
+fn students_equal_to_the_teacher_score_the_calibration_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut scale = common::random_scale(17, 1, 2, 9);
+    scale.norm = ChannelNorm {
+        mean: vec![0.0; DESCRIPTOR_DIM],
+        std: vec![1.0; DESCRIPTOR_DIM],
+    };
+    scale.students = vec![scale.teacher.clone(), scale.teacher.clone()];
+    let c = scale.calibration;
+    let bundle = common::write_random_bundle(
+        dir.path(),
+        InputSpec::imagenet(16, 16),
+        &[scale],
+        ImageScoreRule::default(),
+        0.0,
+    );
+    let mut engine = Engine::load(bundle, EngineOptions::default()).unwrap();
+    let analysis = engine.analyze(&common::test_image(16, 16)).unwrap();
+    let floor = -(c.error_mean / c.error_std + c.variance_mean / c.variance_std);
+    for v in analysis.map {
+        assert!((v - floor).abs() < 1e-3, "{v} vs {floor}");
+    }
+}
+
+#[test]
+fn f16_precision_stays_close_to_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let scales = vec![common::random_scale(33, 2, 3, 4)];
+    let bundle = common::write_random_bundle(
+        dir.path(),
+        InputSpec::imagenet(24, 24),
+        &scales,
+        ImageScoreRule::default(),
+        0.5,
+    );
+    let image = common::test_image(24, 24);
+    let mut f32_engine = Engine::load(bundle.clone(), EngineOptions::default()).unwrap();
+    let want = f32_engine.analyze(&image).unwrap().map.to_vec();
+    let options = EngineOptions {
+        precision: ustad::bundle::Precision::F16,
+        threads: 1,
+    };
+    let mut f16_engine = Engine::load(bundle, options).unwrap();
+    let got = f16_engine.analyze(&image).unwrap().map.to_vec();
+    let spread = want.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
+        - want.iter().cloned().fold(f32::INFINITY, f32::min);
+    let diff = max_abs_diff(&got, &want);
+    assert!(
+        diff < 0.05 * spread.max(1.0),
+        "f16 map differs by {diff} (spread {spread})"
+    );
+}

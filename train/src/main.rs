@@ -1,0 +1,137 @@
+//! `ustad-train`: the workstation trainer.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use ustad_train::device::{DeviceKind, training_device};
+use ustad_train::teacher::{TeacherOptions, train_teacher};
+
+#[derive(Parser)]
+#[command(
+    name = "ustad-train",
+    version,
+    about = "Train ustad teachers and students, export bundles"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pretrain a teacher by distillation from an ImageNet CNN on a folder of natural images.
+    Teacher(Box<TeacherArgs>),
+    /// Print the architectures and their cost per 256×256 image.
+    Arch,
+}
+
+#[derive(Args)]
+struct TeacherArgs {
+    /// Receptive field: 17, 33 or 65.
+    #[arg(long)]
+    patch_size: usize,
+    /// Pretrained backbone ONNX (the distillation source).
+    #[arg(
+        long,
+        default_value = "../shared/models/efficientnet_lite0_imagenet.onnx"
+    )]
+    backbone: PathBuf,
+    /// Backbone sidecar (input normalisation, output name); default: found by the ONNX stem.
+    #[arg(long)]
+    backbone_config: Option<PathBuf>,
+    /// Resize crops to this side before the backbone (0 = feed the p×p patch).
+    #[arg(long, default_value_t = 0)]
+    backbone_size: usize,
+    /// Folder of natural images (JPEG/PNG, searched recursively).
+    #[arg(long, default_value = "../shared/data/imagenet-sample")]
+    images: PathBuf,
+    /// Output teacher weights (.ustw); loss curve and report are written beside it.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 50_000)]
+    iterations: usize,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long, default_value_t = 2e-4)]
+    learning_rate: f64,
+    #[arg(long, default_value_t = 1e-5)]
+    weight_decay: f64,
+    /// Weight of the distillation loss.
+    #[arg(long, default_value_t = 1.0)]
+    lambda_k: f32,
+    /// Weight of the compactness loss.
+    #[arg(long, default_value_t = 1.0)]
+    lambda_c: f32,
+    /// Weight of the triplet (metric learning) loss; the paper uses 0 with a pretrained backbone.
+    #[arg(long, default_value_t = 0.0)]
+    lambda_m: f32,
+    /// Triplet margin.
+    #[arg(long, default_value_t = 1.0)]
+    margin: f32,
+    /// Patches (with backbone targets) computed once and sampled from during training.
+    #[arg(long, default_value_t = 16_384)]
+    cache_patches: usize,
+    /// Held-out validation patches.
+    #[arg(long, default_value_t = 512)]
+    validation_patches: usize,
+    #[arg(long, default_value_t = 100)]
+    validation_every: usize,
+    #[arg(long, default_value_t = 200)]
+    checkpoint_every: usize,
+    /// Patches used to fit the least-squares decoders of the random-vs-trained comparison.
+    #[arg(long, default_value_t = 2048)]
+    baseline_patches: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continue from the checkpoint beside --out.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceKind,
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().command {
+        Command::Teacher(a) => {
+            let device = training_device(a.device)?;
+            let options = TeacherOptions {
+                backbone_config: a.backbone_config,
+                backbone_size: a.backbone_size,
+                iterations: a.iterations,
+                batch: a.batch,
+                learning_rate: a.learning_rate,
+                weight_decay: a.weight_decay,
+                lambda_k: a.lambda_k,
+                lambda_c: a.lambda_c,
+                lambda_m: a.lambda_m,
+                margin: a.margin,
+                cache_patches: a.cache_patches,
+                validation_patches: a.validation_patches,
+                validation_every: a.validation_every,
+                checkpoint_every: a.checkpoint_every,
+                baseline_patches: a.baseline_patches,
+                seed: a.seed,
+                resume: a.resume,
+                ..TeacherOptions::paper(a.patch_size, a.backbone, a.images, a.out.clone())
+            };
+            let report = train_teacher(&options, &device)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Arch => {
+            for p in ustad::arch::PATCH_SIZES {
+                let arch = ustad::arch::Architecture::for_patch_size(p)?;
+                for stride in arch.supported_strides() {
+                    let macs = arch.macs(ustad::arch::Mode::Image { stride }, 256, 256)?;
+                    println!(
+                        "p={p:>2} stride={stride}: {:>7.2} GMAC per network on 256×256",
+                        macs as f64 / 1e9
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
