@@ -17,6 +17,7 @@
 //! - [`decide`]: from an anomaly map to an image score and a verdict.
 //! - [`heatmap`]: colour overlays of anomaly maps for people to look at.
 //! - [`eval`]: image/pixel AUROC, AU-PRO, confusion counts at a threshold, ROC/PRO plots.
+//! - [`bench`]: per-frame latency per precision, per-network breakdown, precision advice.
 //!
 //! Around them, the edge daemon's hardware side:
 //!
@@ -24,16 +25,21 @@
 //! - [`clock`]: one monotonic time base shared with kernel frame and GPIO timestamps.
 //! - [`capture`]: frame sources (V4L2 cameras, replay folders) and frame decoding.
 //! - [`actuate`]: the reject-pulse scheduler, GPIO lines and part-present triggers.
+//! - [`daemon`]: `ustad run` itself: the threaded pipeline with budgets and fail-safe, systemd
+//!   integration, metrics, the live page and the archive.
 //!
 //! The trainer (`ustad-train`, a separate workspace member) links this library for all of the
 //! above, so the daemon and the trainer can never disagree on the network or the scoring math.
 
 pub mod actuate;
 pub mod arch;
+pub mod bench;
 pub mod bundle;
+pub mod calibrate;
 pub mod capture;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod dataset;
 pub mod decide;
 pub mod eval;

@@ -10,6 +10,8 @@ use ustad::bundle::{Bundle, Precision};
 use ustad::heatmap;
 use ustad::infer::{Engine, EngineOptions};
 
+mod measure;
+
 #[derive(Parser)]
 #[command(
     name = "ustad",
@@ -23,6 +25,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the edge daemon: camera (or replay) to reject output, until the source ends, a
+    /// signal (SIGTERM/SIGINT stop, SIGHUP reloads) or --max-frames; prints a summary.
+    Run {
+        /// Daemon configuration (see config/ustad.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Stop after this many frames (then drain pending rejects and print the summary).
+        #[arg(long)]
+        max_frames: Option<u64>,
+    },
+    /// Validate a daemon configuration file without running anything.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Evaluate a bundle on an MVTec-layout test split: image/pixel AUROC, AU-PRO, false
+    /// rejects and escapes at the threshold, curves and overlays.
+    Eval(measure::EvalArgs),
+    /// Per-frame latency per precision, per-network breakdown, and a precision recommendation.
+    Bench(measure::BenchArgs),
     /// Score images with a bundle: one line per image (file, score, verdict).
     Score {
         /// Model bundle directory (contains bundle.toml).
@@ -44,8 +66,20 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // journald under systemd, else stderr; RUST_LOG or `info` (a config's log.level may change it).
+    ustad::daemon::service::init_logging();
     match Cli::parse().command {
+        Command::Run { config, max_frames } => {
+            let summary = ustad::daemon::service::run(&config, max_frames)?;
+            println!("{summary}");
+            Ok(())
+        }
+        Command::CheckConfig { file } => {
+            print!("{}", ustad::daemon::service::check_config(&file)?);
+            Ok(())
+        }
+        Command::Eval(args) => measure::eval(args),
+        Command::Bench(args) => measure::bench(args),
         Command::Score {
             bundle,
             heatmaps,

@@ -221,6 +221,22 @@ impl<P: OutputPin, C: Clock> RejectScheduler<P, C> {
         self.pending.len()
     }
 
+    /// Changes the timing and fail-safe policy for parts submitted from now on (a reloaded
+    /// configuration). Pulses already scheduled keep the times they were given: those parts
+    /// were photographed under the old belt timing.
+    pub fn reconfigure(
+        &mut self,
+        timing: PulseTiming,
+        policy: FailSafePolicy,
+    ) -> Result<(), ActuateError> {
+        if timing.pulse.is_zero() {
+            return Err(ActuateError::ZeroPulse);
+        }
+        self.timing = timing;
+        self.policy = policy;
+        Ok(())
+    }
+
     /// Takes a part's verdict. `captured` is the part's capture (or trigger) time; its pulse is
     /// due at `captured + delay`. Updates the line at once if the pulse is already due.
     pub fn submit(
@@ -469,6 +485,7 @@ enum Command {
         captured: Timestamp,
         verdict: Verdict,
     },
+    Reconfigure(PulseTiming, FailSafePolicy),
     Shutdown,
 }
 
@@ -524,6 +541,11 @@ impl RejectWorker {
                                 log::error!("part {part}: {e}");
                             }
                         }
+                        Ok(Command::Reconfigure(timing, policy)) => {
+                            if let Err(e) = scheduler.reconfigure(timing, policy) {
+                                log::error!("reject timing not changed: {e}");
+                            }
+                        }
                         Err(mpsc::RecvTimeoutError::Timeout) => {
                             let now = scheduler.clock().now();
                             if let Err(e) = scheduler.poll(now) {
@@ -564,9 +586,31 @@ impl RejectWorker {
             .map_err(|_| ActuateError::Stopped)
     }
 
+    /// New timing and fail-safe policy for parts submitted after this call (see
+    /// [`RejectScheduler::reconfigure`]). A zero pulse is refused here, before it reaches the
+    /// thread, so the caller learns about it.
+    pub fn reconfigure(
+        &self,
+        timing: PulseTiming,
+        policy: FailSafePolicy,
+    ) -> Result<(), ActuateError> {
+        if timing.pulse.is_zero() {
+            return Err(ActuateError::ZeroPulse);
+        }
+        self.tx
+            .send(Command::Reconfigure(timing, policy))
+            .map_err(|_| ActuateError::Stopped)
+    }
+
     /// Counters as of the scheduler's last wake-up.
     pub fn stats(&self) -> ActuatorStats {
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A handle that reads the same counters from elsewhere (the metrics endpoint), also
+    /// after the worker has shut down.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(Arc::clone(&self.stats))
     }
 
     /// Fires the pending pulses, leaves the line safe, stops the thread.
@@ -581,6 +625,17 @@ impl RejectWorker {
         // The thread may be gone already (panicked); joining tells.
         let _ = self.tx.send(Command::Shutdown);
         thread.join().map_err(|_| ActuateError::Stopped)?
+    }
+}
+
+/// Read access to a [`RejectWorker`]'s counters (see [`RejectWorker::stats_handle`]).
+#[derive(Debug, Clone, Default)]
+pub struct StatsHandle(Arc<Mutex<ActuatorStats>>);
+
+impl StatsHandle {
+    /// Counters as of the scheduler's last wake-up.
+    pub fn get(&self) -> ActuatorStats {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

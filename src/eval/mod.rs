@@ -5,6 +5,7 @@
 //! - [`components`]: 8-connected labelling of ground-truth masks, the "regions" AU-PRO averages
 //!   over.
 //! - [`plot`]: ROC and PRO curves as PNG, with no font or plotting dependency.
+//! - [`run`]: the `ustad eval` pipeline: MVTec test split → engine → report, curves, overlays.
 //!
 //! `ustad eval` is the consumer: it scores a test split, builds one [`PixelEval`] from all maps,
 //! and writes the numbers and the plots.
@@ -12,6 +13,7 @@
 pub mod components;
 pub mod metrics;
 pub mod plot;
+pub mod run;
 
 pub use components::{Components, connected_components};
 pub use metrics::{

@@ -4,7 +4,9 @@
 //! only what needs a training framework (burn) or a backbone CNN.
 
 pub mod backbone;
+pub mod calibrate;
 pub mod corpus;
 pub mod device;
+pub mod fit;
 pub mod net;
 pub mod teacher;

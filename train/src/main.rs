@@ -23,8 +23,83 @@ struct Cli {
 enum Command {
     /// Pretrain a teacher by distillation from an ImageNet CNN on a folder of natural images.
     Teacher(Box<TeacherArgs>),
+    /// Train students on good parts, calibrate, and export a bundle.
+    Fit(Box<FitArgs>),
+    /// Re-derive a bundle's threshold from new good (and optionally bad) images.
+    Calibrate(CalibrateArgs),
     /// Print the architectures and their cost per 256×256 image.
     Arch,
+}
+
+#[derive(Args)]
+struct FitArgs {
+    /// Dataset in MVTec AD layout; only train/good is used.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output bundle directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Built-in preset (edge, edge-p65, paper) or a preset .toml file.
+    #[arg(long, default_value = "edge")]
+    preset: String,
+    /// Folder with the pretrained teachers p17.ustw, p33.ustw, p65.ustw.
+    #[arg(long, default_value = "models/teachers")]
+    teachers: PathBuf,
+    /// Override the preset's number of students per scale.
+    #[arg(long)]
+    students: Option<usize>,
+    /// Override the preset's epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Override the preset's batch size.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Override the preset's learning rate.
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    #[arg(long, default_value_t = 1e-5)]
+    weight_decay: f64,
+    /// Fraction of train/good held out for calibration.
+    #[arg(long, default_value_t = 0.1)]
+    validation_fraction: f64,
+    /// Target false-reject rate on good parts for the threshold.
+    #[arg(long, default_value_t = 0.005)]
+    target_frr: f64,
+    /// Threshold margin: threshold = q + margin · (q − median), q the (1 − FRR) quantile.
+    #[arg(long, default_value_t = 0.1)]
+    margin: f32,
+    /// The part looks the same mirrored left-right: also train on flipped images.
+    #[arg(long)]
+    symmetric: bool,
+    /// Use at most N fit images (0 = all): for quick trials.
+    #[arg(long, default_value_t = 0)]
+    max_fit_images: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continue from the checkpoints in OUT/.work.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceKind,
+}
+
+#[derive(Args)]
+struct CalibrateArgs {
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Folder of good parts.
+    #[arg(long)]
+    good: PathBuf,
+    /// Folder of bad parts (reports escapes at the new threshold).
+    #[arg(long)]
+    bad: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.005)]
+    target_frr: f64,
+    #[arg(long, default_value_t = 0.1)]
+    margin: f32,
+    /// Also recompute the e/v calibration statistics from the good images.
+    #[arg(long)]
+    recompute_statistics: bool,
 }
 
 #[derive(Args)]
@@ -118,6 +193,35 @@ fn main() -> Result<()> {
                 ..TeacherOptions::paper(a.patch_size, a.backbone, a.images, a.out.clone())
             };
             let report = train_teacher(&options, &device)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Fit(a) => {
+            let device = training_device(a.device)?;
+            let mut preset = ustad_train::fit::Preset::load(&a.preset)?;
+            preset.students = a.students.unwrap_or(preset.students);
+            preset.epochs = a.epochs.unwrap_or(preset.epochs);
+            preset.batch = a.batch.unwrap_or(preset.batch);
+            preset.learning_rate = a.learning_rate.unwrap_or(preset.learning_rate);
+            let options = ustad_train::fit::FitOptions {
+                data: a.data,
+                out: a.out,
+                preset,
+                teachers: a.teachers,
+                validation_fraction: a.validation_fraction,
+                target_false_reject_rate: a.target_frr,
+                margin: a.margin,
+                weight_decay: a.weight_decay,
+                symmetric: a.symmetric,
+                max_fit_images: a.max_fit_images,
+                seed: a.seed,
+                resume: a.resume,
+                progress: true,
+            };
+            let report = ustad_train::fit::fit(&options, &device)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Calibrate(a) => {
+            let report = ustad_train::calibrate::recalibrate(&a.bundle, &a.good, a.bad.as_deref(), a.target_frr, a.margin, a.recompute_statistics)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Arch => {

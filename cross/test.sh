@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs the `ustad` crate's tests for an ARM target under qemu-user (runners and the tract CPU
+# knobs come from .cargo/config.toml).
+#
+# Usage: cross/test.sh TARGET [CARGO_TEST_ARGS...]
+#   cross/test.sh aarch64-unknown-linux-gnu                     # everything: lib, bins, tests/
+#   cross/test.sh aarch64-unknown-linux-gnu --lib               # unit tests only
+#   cross/test.sh armv7-unknown-linux-gnueabihf --test engine   # the scoring-engine tests
+#   cross/test.sh aarch64-unknown-linux-gnu --lib -- infer      # unit tests whose name has "infer"
+#   cross/test.sh aarch64-unknown-linux-gnu scoring             # named subset, see below
+# Named subsets: `scoring` = tests/engine.rs + tests/bundle.rs (real exported bundles run by tract).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ustad/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+[ $# -ge 1 ] || { sed -n '2,12p' "$0" >&2; exit 2; }
+target="$1"; shift
+# shellcheck source=cross/env.sh
+source cross/env.sh
+cross_check_target "$target"
+case "$target" in
+  aarch64*) qemu="qemu-aarch64" ;;
+  *) qemu="qemu-arm" ;;
+esac
+command -v "$qemu" >/dev/null || { echo "cross/test.sh: $qemu missing: run cross/setup.sh" >&2; exit 1; }
+
+args=("$@")
+if [ ${#args[@]} -ge 1 ] && [ "${args[0]}" = scoring ]; then
+  args=(--test engine --test bundle "${args[@]:1}")
+fi
+
+echo "== cargo test -p ustad --target $target ${args[*]} (under $qemu)"
+s=$(date +%s)
+cargo test -p ustad --target "$target" "${args[@]}"
+echo "== cross/test.sh $target: $(( $(date +%s) - s )) s"

@@ -1,0 +1,724 @@
+//! Counters, latency histograms and the latest judged frame: what `/metrics`, `/status`,
+//! `/healthz` and the live page show, and what `ustad run` summarises at exit.
+//!
+//! One mutex guards everything. The pipeline touches it once per part (a few hundred
+//! nanoseconds at tens of parts per second) and scrapes are rare, so a lock-free design would
+//! buy nothing and cost readability. Health is judged on the real (`Instant`) clock, not the
+//! daemon's injected clock: "are frames flowing" is a question about wall time.
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use serde::Serialize;
+
+use crate::actuate::{ActuatorStats, StatsHandle};
+
+/// Upper bounds (seconds) of the latency histogram buckets: from well under a frame period to
+/// beyond any sensible reject delay, so both a fast workstation and a struggling Pi are visible.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0,
+];
+
+/// At most this many latency samples are kept for the exact percentiles of the exit summary
+/// (8 MB); the histograms keep counting beyond it.
+const MAX_SAMPLES: usize = 1 << 20;
+
+/// How a part was decided: the label of `ustad_verdicts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictKind {
+    /// Judged good.
+    Pass,
+    /// Judged defective.
+    Reject,
+    /// Not judged; rejected by the fail-safe policy.
+    FailsafeReject,
+    /// Not judged; passed by the fail-safe policy.
+    FailsafePass,
+}
+
+impl VerdictKind {
+    /// The label / JSON value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictKind::Pass => "pass",
+            VerdictKind::Reject => "reject",
+            VerdictKind::FailsafeReject => "failsafe_reject",
+            VerdictKind::FailsafePass => "failsafe_pass",
+        }
+    }
+
+    /// Whether the part is kicked off the belt.
+    pub fn rejects(self) -> bool {
+        matches!(self, VerdictKind::Reject | VerdictKind::FailsafeReject)
+    }
+}
+
+impl fmt::Display for VerdictKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a part could not be judged: the label of `ustad_failsafe_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailReason {
+    /// The frame arrived but could not be read or decoded (truncated JPEG, I/O error).
+    Corrupt,
+    /// The verdict would have come later than the frame budget.
+    OverBudget,
+    /// The scoring engine failed on the frame (or its map was not finite).
+    EngineError,
+    /// The frame does not contain the configured region of interest.
+    BadFrame,
+    /// The camera dropped the frame (a gap in the sequence numbers).
+    Dropped,
+    /// A trigger fired but no frame came within the budget.
+    NoFrame,
+}
+
+impl FailReason {
+    /// The label / JSON value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::Corrupt => "corrupt",
+            FailReason::OverBudget => "over_budget",
+            FailReason::EngineError => "engine_error",
+            FailReason::BadFrame => "bad_frame",
+            FailReason::Dropped => "dropped",
+            FailReason::NoFrame => "no_frame",
+        }
+    }
+}
+
+impl fmt::Display for FailReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A cumulative Prometheus histogram over [`LATENCY_BUCKETS`].
+#[derive(Debug, Clone, Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; LATENCY_BUCKETS.len()];
+        }
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&mut self.counts) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            let c = self.counts.get(i).copied().unwrap_or(0);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+/// Median, 99th percentile and maximum of a set of latencies.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct LatencySummary {
+    /// Number of samples.
+    pub count: usize,
+    /// Median, milliseconds.
+    pub median_ms: f64,
+    /// 99th percentile (nearest rank), milliseconds.
+    pub p99_ms: f64,
+    /// Maximum, milliseconds.
+    pub max_ms: f64,
+}
+
+impl LatencySummary {
+    /// Summarises samples in seconds.
+    pub fn of(samples: &[f64]) -> Self {
+        if samples.is_empty() {
+            return LatencySummary::default();
+        }
+        let mut s = samples.to_vec();
+        s.sort_by(f64::total_cmp);
+        let rank = |q: f64| {
+            let i = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
+            s[i] * 1e3
+        };
+        LatencySummary {
+            count: s.len(),
+            median_ms: rank(0.5),
+            p99_ms: rank(0.99),
+            max_ms: s[s.len() - 1] * 1e3,
+        }
+    }
+}
+
+impl fmt::Display for LatencySummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "median {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} parts",
+            self.median_ms, self.p99_ms, self.max_ms, self.count
+        )
+    }
+}
+
+/// The most recent judged frame, for the live page.
+#[derive(Debug, Clone)]
+pub struct LatestFrame {
+    /// The region of interest at the bundle's input size.
+    pub image: Arc<RgbImage>,
+    /// The anomaly map over `image` (`map_width × map_height`); empty when not judged.
+    pub map: Arc<Vec<f32>>,
+    /// Map width.
+    pub map_width: usize,
+    /// Map height.
+    pub map_height: usize,
+    /// Threshold in force when it was judged (the overlay's colour scale).
+    pub threshold: f32,
+}
+
+/// The last part, for `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastPart {
+    /// Part number.
+    pub part: u64,
+    /// Where its frame came from.
+    pub origin: String,
+    /// How it was decided.
+    pub verdict: VerdictKind,
+    /// Image score, when judged.
+    pub score: Option<f32>,
+}
+
+/// One decided part, as the pipeline reports it.
+#[derive(Debug, Clone)]
+pub struct PartEvent {
+    /// How it was decided.
+    pub verdict: VerdictKind,
+    /// Why it was not judged, for fail-safe verdicts.
+    pub reason: Option<FailReason>,
+    /// Capture → verdict.
+    pub to_verdict: Duration,
+    /// Capture → reject command handed to the actuator.
+    pub to_actuator: Duration,
+    /// Time the scoring engine took, when it ran.
+    pub inference: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    frames: u64,
+    source_errors: u64,
+    parts: u64,
+    verdicts: BTreeMap<VerdictKind, u64>,
+    failsafe: BTreeMap<FailReason, u64>,
+    latency_verdict: Histogram,
+    latency_actuator: Histogram,
+    inference: Histogram,
+    samples_verdict: Vec<f64>,
+    samples_actuator: Vec<f64>,
+    samples_inference: Vec<f64>,
+    queue_depth: usize,
+    threshold: f32,
+    bundle: String,
+    source: String,
+    last_frame_at: Option<Instant>,
+    last_part: Option<LastPart>,
+    latest: Option<LatestFrame>,
+    reloads: u64,
+    reload_failures: u64,
+    archive_errors: u64,
+    stopping: bool,
+}
+
+/// Everything the daemon counts.
+#[derive(Debug)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+    actuator: Mutex<Option<StatsHandle>>,
+    started: Instant,
+    stall_after: Duration,
+}
+
+impl Metrics {
+    /// Empty counters; `/healthz` reports a stall when no frame arrived for `stall_after`.
+    pub fn new(stall_after: Duration) -> Self {
+        Metrics {
+            inner: Mutex::new(Inner::default()),
+            actuator: Mutex::new(None),
+            started: Instant::now(),
+            stall_after,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Where the actuator counters come from.
+    pub fn set_actuator(&self, handle: StatsHandle) {
+        *self.actuator.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+    }
+
+    /// Actuator counters as of now.
+    pub fn actuator(&self) -> ActuatorStats {
+        self.actuator
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(StatsHandle::get)
+            .unwrap_or_default()
+    }
+
+    /// Names for `/status`: the source and the bundle.
+    pub fn set_identity(&self, source: String, bundle: String) {
+        let mut m = self.lock();
+        m.source = source;
+        m.bundle = bundle;
+    }
+
+    /// The reject threshold in force.
+    pub fn set_threshold(&self, threshold: f32) {
+        self.lock().threshold = threshold;
+    }
+
+    /// A frame (good or unusable) came from the source.
+    pub fn frame_arrived(&self) {
+        let mut m = self.lock();
+        m.frames += 1;
+        m.last_frame_at = Some(Instant::now());
+    }
+
+    /// The source failed without delivering a frame (timeout, camera gone).
+    pub fn source_error(&self) {
+        self.lock().source_errors += 1;
+    }
+
+    /// Frames waiting for the inference thread.
+    pub fn set_queue_depth(&self, depth: usize) {
+        self.lock().queue_depth = depth;
+    }
+
+    /// The archive could not write.
+    pub fn archive_error(&self) {
+        self.lock().archive_errors += 1;
+    }
+
+    /// A reload was applied (`ok`) or refused.
+    pub fn reload(&self, ok: bool) {
+        let mut m = self.lock();
+        if ok {
+            m.reloads += 1;
+        } else {
+            m.reload_failures += 1;
+        }
+    }
+
+    /// The daemon is shutting down: `/healthz` says so instead of reporting a stall.
+    pub fn set_stopping(&self) {
+        self.lock().stopping = true;
+    }
+
+    /// Records a decided part.
+    pub fn part_decided(&self, event: &PartEvent, last: LastPart, latest: Option<LatestFrame>) {
+        let mut m = self.lock();
+        m.parts += 1;
+        *m.verdicts.entry(event.verdict).or_default() += 1;
+        if let Some(reason) = event.reason {
+            *m.failsafe.entry(reason).or_default() += 1;
+        }
+        let (v, a) = (
+            event.to_verdict.as_secs_f64(),
+            event.to_actuator.as_secs_f64(),
+        );
+        m.latency_verdict.observe(v);
+        m.latency_actuator.observe(a);
+        if m.samples_verdict.len() < MAX_SAMPLES {
+            m.samples_verdict.push(v);
+            m.samples_actuator.push(a);
+        }
+        if let Some(d) = event.inference {
+            m.inference.observe(d.as_secs_f64());
+            if m.samples_inference.len() < MAX_SAMPLES {
+                m.samples_inference.push(d.as_secs_f64());
+            }
+        }
+        m.last_part = Some(last);
+        if latest.is_some() {
+            m.latest = latest;
+        }
+    }
+
+    /// The latest judged frame, if any.
+    pub fn latest(&self) -> Option<LatestFrame> {
+        self.lock().latest.clone()
+    }
+
+    /// Whether frames are flowing, and a one-line reason.
+    pub fn health(&self) -> (bool, String) {
+        let m = self.lock();
+        if m.stopping {
+            return (false, "stopping".into());
+        }
+        match m.last_frame_at {
+            None => (false, "no frame yet".into()),
+            Some(at) => {
+                let age = at.elapsed();
+                if age > self.stall_after {
+                    (
+                        false,
+                        format!("stalled: last frame {:.1} s ago", age.as_secs_f64()),
+                    )
+                } else {
+                    (
+                        true,
+                        format!("ok: last frame {:.0} ms ago", age.as_secs_f64() * 1e3),
+                    )
+                }
+            }
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn snapshot(&self) -> Snapshot {
+        let actuator = self.actuator();
+        let m = self.lock();
+        Snapshot {
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            frames: m.frames,
+            source_errors: m.source_errors,
+            parts: m.parts,
+            verdicts: m
+                .verdicts
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), *v))
+                .collect(),
+            failsafe: m
+                .failsafe
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), *v))
+                .collect(),
+            actuator: ActuatorSnapshot::from(actuator),
+            latency_verdict: LatencySummary::of(&m.samples_verdict),
+            latency_actuator: LatencySummary::of(&m.samples_actuator),
+            inference: LatencySummary::of(&m.samples_inference),
+            queue_depth: m.queue_depth,
+            threshold: m.threshold,
+            bundle: m.bundle.clone(),
+            source: m.source.clone(),
+            last_part: m.last_part.clone(),
+            reloads: m.reloads,
+            reload_failures: m.reload_failures,
+            archive_errors: m.archive_errors,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn prometheus(&self) -> String {
+        let actuator = self.actuator();
+        let (healthy, _) = self.health();
+        let m = self.lock();
+        let mut out = String::with_capacity(4096);
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        counter(
+            "ustad_frames_total",
+            "Frames delivered by the source, usable or not.",
+            m.frames,
+        );
+        counter(
+            "ustad_source_errors_total",
+            "Source failures without a frame (timeouts, camera gone).",
+            m.source_errors,
+        );
+        counter("ustad_parts_total", "Parts given a verdict.", m.parts);
+        counter(
+            "ustad_rejects_fired_total",
+            "Reject pulses driven on the output (merged pulses count once).",
+            actuator.pulses,
+        );
+        counter(
+            "ustad_rejects_requested_total",
+            "Parts that asked the actuator for a reject.",
+            actuator.rejects,
+        );
+        counter(
+            "ustad_rejects_late_total",
+            "Reject pulses started later than scheduled.",
+            actuator.late,
+        );
+        counter(
+            "ustad_rejects_missed_total",
+            "Rejects that could not be fired: the part had passed the flap.",
+            actuator.missed,
+        );
+        counter(
+            "ustad_actuator_errors_total",
+            "Failed level changes on the reject output.",
+            actuator.pin_errors,
+        );
+        counter(
+            "ustad_reloads_total",
+            "Configuration reloads applied.",
+            m.reloads,
+        );
+        counter(
+            "ustad_reload_failures_total",
+            "Configuration reloads refused (the old configuration kept running).",
+            m.reload_failures,
+        );
+        counter(
+            "ustad_archive_errors_total",
+            "Archive writes that failed.",
+            m.archive_errors,
+        );
+        out.push_str(
+            "# HELP ustad_verdicts_total Parts by verdict.\n# TYPE ustad_verdicts_total counter\n",
+        );
+        for kind in [
+            VerdictKind::Pass,
+            VerdictKind::Reject,
+            VerdictKind::FailsafeReject,
+            VerdictKind::FailsafePass,
+        ] {
+            let v = m.verdicts.get(&kind).copied().unwrap_or(0);
+            let _ = writeln!(out, "ustad_verdicts_total{{verdict=\"{kind}\"}} {v}");
+        }
+        out.push_str("# HELP ustad_failsafe_events_total Parts that could not be judged, by reason.\n# TYPE ustad_failsafe_events_total counter\n");
+        for reason in [
+            FailReason::Corrupt,
+            FailReason::OverBudget,
+            FailReason::EngineError,
+            FailReason::BadFrame,
+            FailReason::Dropped,
+            FailReason::NoFrame,
+        ] {
+            let v = m.failsafe.get(&reason).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "ustad_failsafe_events_total{{reason=\"{reason}\"}} {v}"
+            );
+        }
+        out.push_str("# HELP ustad_latency_seconds Time from capture to verdict and to the actuator command.\n# TYPE ustad_latency_seconds histogram\n");
+        m.latency_verdict
+            .render(&mut out, "ustad_latency_seconds", "stage=\"verdict\"");
+        m.latency_actuator
+            .render(&mut out, "ustad_latency_seconds", "stage=\"actuator\"");
+        out.push_str("# HELP ustad_inference_seconds Time the scoring engine takes per frame.\n# TYPE ustad_inference_seconds histogram\n");
+        m.inference
+            .render(&mut out, "ustad_inference_seconds", "engine=\"tract\"");
+        let _ = writeln!(
+            out,
+            "# HELP ustad_queue_depth Frames waiting for inference.\n# TYPE ustad_queue_depth gauge\nustad_queue_depth {}",
+            m.queue_depth
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ustad_threshold Image-score threshold in force.\n# TYPE ustad_threshold gauge\nustad_threshold {}",
+            m.threshold
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ustad_healthy 1 while frames are flowing.\n# TYPE ustad_healthy gauge\nustad_healthy {}",
+            u8::from(healthy)
+        );
+        out
+    }
+}
+
+/// Actuator counters in `/status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ActuatorSnapshot {
+    /// Parts that asked for a reject.
+    pub rejects: u64,
+    /// Pulses driven.
+    pub pulses: u64,
+    /// Part pulses merged into a neighbour's.
+    pub merged: u64,
+    /// Pulses started late.
+    pub late: u64,
+    /// Rejects that could not be fired.
+    pub missed: u64,
+    /// Failed level changes.
+    pub pin_errors: u64,
+}
+
+impl From<ActuatorStats> for ActuatorSnapshot {
+    fn from(s: ActuatorStats) -> Self {
+        ActuatorSnapshot {
+            rejects: s.rejects,
+            pulses: s.pulses,
+            merged: s.merged,
+            late: s.late,
+            missed: s.missed,
+            pin_errors: s.pin_errors,
+        }
+    }
+}
+
+/// The counters at one moment: `/status` and the exit summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// Seconds since start.
+    pub uptime_s: f64,
+    /// Frames delivered by the source.
+    pub frames: u64,
+    /// Source failures without a frame.
+    pub source_errors: u64,
+    /// Parts given a verdict.
+    pub parts: u64,
+    /// Parts by verdict label.
+    pub verdicts: BTreeMap<String, u64>,
+    /// Fail-safe events by reason.
+    pub failsafe: BTreeMap<String, u64>,
+    /// Actuator counters.
+    pub actuator: ActuatorSnapshot,
+    /// Capture → verdict.
+    pub latency_verdict: LatencySummary,
+    /// Capture → actuator command.
+    pub latency_actuator: LatencySummary,
+    /// Scoring engine time per judged frame (its inverse is the frame rate the bundle
+    /// sustains).
+    pub inference: LatencySummary,
+    /// Frames waiting for inference.
+    pub queue_depth: usize,
+    /// Threshold in force.
+    pub threshold: f32,
+    /// Bundle folder.
+    pub bundle: String,
+    /// Frame source.
+    pub source: String,
+    /// The last part.
+    pub last_part: Option<LastPart>,
+    /// Reloads applied.
+    pub reloads: u64,
+    /// Reloads refused.
+    pub reload_failures: u64,
+    /// Archive write failures.
+    pub archive_errors: u64,
+}
+
+impl Snapshot {
+    /// Parts with this verdict.
+    pub fn verdict(&self, kind: VerdictKind) -> u64 {
+        self.verdicts.get(kind.as_str()).copied().unwrap_or(0)
+    }
+
+    /// Fail-safe events with this reason.
+    pub fn failsafe(&self, reason: FailReason) -> u64 {
+        self.failsafe.get(reason.as_str()).copied().unwrap_or(0)
+    }
+}
+
+impl fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "frames {}  parts {}  source errors {}",
+            self.frames, self.parts, self.source_errors
+        )?;
+        writeln!(
+            f,
+            "verdicts: pass {}  reject {}  fail-safe reject {}  fail-safe pass {}",
+            self.verdict(VerdictKind::Pass),
+            self.verdict(VerdictKind::Reject),
+            self.verdict(VerdictKind::FailsafeReject),
+            self.verdict(VerdictKind::FailsafePass)
+        )?;
+        if !self.failsafe.is_empty() {
+            let reasons: Vec<String> = self
+                .failsafe
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            writeln!(f, "fail-safe events: {}", reasons.join("  "))?;
+        }
+        writeln!(
+            f,
+            "actuator: {} rejects, {} pulses ({} merged, {} late, {} missed)",
+            self.actuator.rejects,
+            self.actuator.pulses,
+            self.actuator.merged,
+            self.actuator.late,
+            self.actuator.missed
+        )?;
+        writeln!(f, "engine time per frame:       {}", self.inference)?;
+        writeln!(f, "latency capture -> verdict:  {}", self.latency_verdict)?;
+        write!(f, "latency capture -> actuator: {}", self.latency_actuator)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_summary_uses_nearest_rank() {
+        let samples: Vec<f64> = (1..=100).map(|i| i as f64 / 1000.0).collect();
+        let s = LatencySummary::of(&samples);
+        assert_eq!(s.count, 100);
+        assert!((s.median_ms - 50.0).abs() < 1e-9, "{s:?}");
+        assert!((s.p99_ms - 99.0).abs() < 1e-9, "{s:?}");
+        assert!((s.max_ms - 100.0).abs() < 1e-9, "{s:?}");
+        assert_eq!(LatencySummary::of(&[]), LatencySummary::default());
+    }
+
+    #[test]
+    fn prometheus_text_counts_parts_and_buckets() {
+        let m = Metrics::new(Duration::from_secs(5));
+        m.frame_arrived();
+        let event = PartEvent {
+            verdict: VerdictKind::FailsafeReject,
+            reason: Some(FailReason::Corrupt),
+            to_verdict: Duration::from_millis(30),
+            to_actuator: Duration::from_millis(31),
+            inference: None,
+        };
+        let last = LastPart {
+            part: 0,
+            origin: "x.jpg".into(),
+            verdict: event.verdict,
+            score: None,
+        };
+        m.part_decided(&event, last, None);
+        let text = m.prometheus();
+        assert!(text.contains("ustad_frames_total 1\n"), "{text}");
+        assert!(
+            text.contains("ustad_verdicts_total{verdict=\"failsafe_reject\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ustad_failsafe_events_total{reason=\"corrupt\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ustad_latency_seconds_bucket{stage=\"verdict\",le=\"0.025\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ustad_latency_seconds_bucket{stage=\"verdict\",le=\"0.05\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("ustad_healthy 1\n"), "{text}");
+    }
+}

@@ -1,0 +1,711 @@
+//! The edge daemon end to end: real image files through capture, the scoring engine, the
+//! reject scheduler, the archive and the metrics endpoint, on a simulated clock so pulse times
+//! can be checked exactly and nothing sleeps.
+//!
+//! The bundle is the trained one (`models/bundles/mtd-edge`) when it exists, else a bundle of
+//! random networks written through the real export path; the test says which it used.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ustad::bundle::{ImageScoreRule, InputSpec};
+use ustad::capture::{CaptureError, Frame, FrameSource};
+use ustad::clock::{Clock, ManualClock, Timestamp};
+use ustad::daemon::archive::{PartRecord, read_records};
+use ustad::daemon::metrics::{FailReason, VerdictKind};
+use ustad::daemon::notify::{Notification, RecordingNotifier};
+use ustad::daemon::{Daemon, DaemonOptions, ReloadError};
+use ustad::infer::{Engine, EngineOptions};
+
+const MTD_TEST: &str = "../shared/data/mtd/test";
+const TRAINED: &str = "models/bundles/mtd-edge";
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The trained bundle if present, else a small random one in `dir`.
+fn bundle(dir: &Path) -> (PathBuf, bool) {
+    let trained = repo(TRAINED);
+    if trained.join("bundle.toml").is_file() {
+        eprintln!(
+            "daemon test: using the trained bundle {}",
+            trained.display()
+        );
+        return (trained, true);
+    }
+    let path = dir.join("bundle");
+    let scales = vec![common::random_scale(33, 4, 2, 3)];
+    common::write_random_bundle(
+        &path,
+        InputSpec::imagenet(64, 64),
+        &scales,
+        ImageScoreRule::default(),
+        0.0,
+    );
+    eprintln!(
+        "daemon test: {TRAINED} not found, using a random bundle in {}",
+        path.display()
+    );
+    (path, false)
+}
+
+/// `n` files of each kind from the MTD test split, linked into `frames/{defect,good}`, plus a
+/// truncated JPEG in `frames/corrupt` (played first: sorted paths).
+fn replay_folder(dir: &Path, n: usize) -> PathBuf {
+    let frames = dir.join("frames");
+    let src = repo(MTD_TEST);
+    for (kind, from) in [("defect", "blowhole"), ("good", "good")] {
+        let out = frames.join(kind);
+        std::fs::create_dir_all(&out).expect("mkdir");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(src.join(from))
+            .expect("MTD test split (../shared/data/mtd/test)")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+            .collect();
+        files.sort();
+        for f in files.iter().take(n) {
+            std::os::unix::fs::symlink(f, out.join(f.file_name().expect("name"))).expect("link");
+        }
+    }
+    let corrupt = frames.join("corrupt");
+    std::fs::create_dir_all(&corrupt).expect("mkdir");
+    let some_jpeg = std::fs::read_dir(src.join("good"))
+        .expect("good")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .expect("a jpeg");
+    let bytes = std::fs::read(some_jpeg).expect("read");
+    std::fs::write(corrupt.join("truncated.jpg"), &bytes[..bytes.len() / 2]).expect("write");
+    frames
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    bundle: PathBuf,
+    trained: bool,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    let (bundle, trained) = bundle(&root);
+    Setup {
+        _dir: dir,
+        root,
+        bundle,
+        trained,
+    }
+}
+
+fn config_text(s: &Setup, frames: &Path, extra_model: &str, tail: &str) -> String {
+    format!(
+        r#"[camera]
+source = "replay"
+path = "{frames}"
+fps = 100
+
+[model]
+bundle = "{bundle}"
+{extra_model}
+
+[reject]
+actuator = "mock"
+pulse_ms = 5
+delay_ms = 500
+
+[failsafe]
+policy = "reject"
+frame_budget_ms = 400
+
+[archive]
+dir = "{archive}"
+max_bytes = 100000000
+
+[http]
+listen = "127.0.0.1:0"
+{tail}"#,
+        frames = frames.display(),
+        bundle = s.bundle.display(),
+        archive = s.root.join("archive").display(),
+    )
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("send");
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).expect("read");
+    let buf = String::from_utf8_lossy(&bytes);
+    let (head, body) = buf.split_once("\r\n\r\n").expect("header end");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    (status, body.to_string())
+}
+
+/// `name{label="value"} N` lines of a Prometheus text, by label value.
+fn prom_by_label(text: &str, name: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| {
+            let value = l.split('"').nth(1)?.to_string();
+            let n = l.rsplit(' ').next()?.parse().ok()?;
+            Some((value, n))
+        })
+        .collect()
+}
+
+fn prom_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// 1-based line of the first line starting with `prefix`.
+fn line_of(text: &str, prefix: &str) -> usize {
+    text.lines()
+        .position(|l| l.starts_with(prefix))
+        .map(|i| i + 1)
+        .expect("line in text")
+}
+
+fn options(clock: &ManualClock, notifier: &Arc<RecordingNotifier>) -> DaemonOptions {
+    let mut o = DaemonOptions::production();
+    o.clock = Arc::new(clock.clone());
+    o.notifier = notifier.clone();
+    o.watchdog = Some(Duration::from_millis(20));
+    o.engine_threads = 2;
+    o
+}
+
+#[test]
+fn replay_through_the_whole_pipeline() {
+    let s = setup();
+    let frames = replay_folder(&s.root, 6);
+    let files = {
+        let mut f: Vec<PathBuf> = Vec::new();
+        for kind in ["corrupt", "defect", "good"] {
+            let mut k: Vec<PathBuf> = std::fs::read_dir(frames.join(kind))
+                .expect("list")
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            k.sort();
+            f.extend(k);
+        }
+        f
+    };
+    assert_eq!(files.len(), 13);
+
+    // What the engine alone says about each image: the pipeline must agree part by part.
+    let mut engine = Engine::load(
+        ustad::bundle::Bundle::load(&s.bundle).expect("bundle"),
+        EngineOptions {
+            threads: 2,
+            ..Default::default()
+        },
+    )
+    .expect("engine");
+    let mut scores = BTreeMap::new();
+    for f in &files[1..] {
+        let img = image::open(f).expect("image");
+        scores.insert(
+            f.display().to_string(),
+            engine.analyze(&img).expect("analyze").score,
+        );
+    }
+    // A random bundle has no meaningful threshold: put it at the median so both verdicts
+    // occur. The trained bundle keeps its calibrated one.
+    let extra_model = if s.trained {
+        String::new()
+    } else {
+        let mut v: Vec<f32> = scores.values().copied().collect();
+        v.sort_by(f32::total_cmp);
+        format!("threshold = {}", v[v.len() / 2])
+    };
+    let cfg_path = s.root.join("daemon.toml");
+    std::fs::write(&cfg_path, config_text(&s, &frames, &extra_model, "")).expect("config");
+
+    let clock = ManualClock::new(Timestamp::from_millis(1_000_000));
+    let notifier = Arc::new(RecordingNotifier::new());
+    let mut daemon = Daemon::start(&cfg_path, options(&clock, &notifier)).expect("start");
+    let threshold = daemon.metrics().snapshot().threshold;
+    let addr = daemon.http_addr().expect("http");
+    let pins = daemon.pin_record().expect("mock output");
+    let summary = daemon.wait().expect("run");
+
+    // Exactly one verdict per part, in order.
+    let records: Vec<PartRecord> = read_records(&s.root.join("archive")).expect("archive");
+    let parts: Vec<u64> = records.iter().map(|r| r.part).collect();
+    assert_eq!(parts, (0..13).collect::<Vec<_>>(), "{records:#?}");
+    assert_eq!(summary.frames, 13);
+    assert_eq!(summary.parts, 13);
+
+    // The truncated JPEG is a fail-safe reject, not a crash or a pass.
+    let corrupt = &records[0];
+    assert!(corrupt.origin.ends_with("truncated.jpg"), "{corrupt:?}");
+    assert_eq!(corrupt.verdict, "failsafe_reject");
+    assert_eq!(corrupt.reason.as_deref(), Some("corrupt"));
+    assert_eq!(corrupt.score, None);
+
+    // Every judged part got the engine's own score and the verdict at the threshold.
+    for r in &records[1..] {
+        let want = scores[&r.origin];
+        let got = r.score.expect("judged parts have a score");
+        assert!(
+            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "{r:?} vs {want}"
+        );
+        let verdict = if got >= threshold { "reject" } else { "pass" };
+        assert_eq!(r.verdict, verdict, "{r:?}");
+        assert!(r.timings.verdict_ms <= 400.0, "{r:?}");
+    }
+    let rejected: Vec<&PartRecord> = records
+        .iter()
+        .filter(|r| r.verdict == "reject" || r.verdict == "failsafe_reject")
+        .collect();
+    let defect_rejects = records
+        .iter()
+        .filter(|r| r.origin.contains("/defect/") && r.verdict == "reject")
+        .count();
+    let good_rejects = records
+        .iter()
+        .filter(|r| r.origin.contains("/good/") && r.verdict == "reject")
+        .count();
+    eprintln!(
+        "daemon test: threshold {threshold:.4}; rejected {defect_rejects}/6 defective and {good_rejects}/6 good parts"
+    );
+    assert!(rejected.len() > 1 && rejected.len() < 13, "{records:#?}");
+
+    // Every rejected part's pulse starts exactly at capture time + delay and lasts the pulse.
+    let pulses = pins.pulses();
+    let want: Vec<(Timestamp, Timestamp)> = rejected
+        .iter()
+        .map(|r| {
+            let start = Timestamp::from_duration(Duration::from_secs_f64(r.captured_s))
+                + Duration::from_millis(500);
+            (start, start + Duration::from_millis(5))
+        })
+        .collect();
+    assert_eq!(pulses.len(), want.len(), "{pulses:?}");
+    for ((s0, e0), (s1, e1)) in pulses.iter().zip(&want) {
+        let close = |a: Timestamp, b: Timestamp| (a - b).max(b - a) < Duration::from_micros(1);
+        assert!(close(*s0, *s1) && close(*e0, *e1), "{pulses:?} vs {want:?}");
+    }
+    assert!(!pins.is_active(), "output left safe");
+    // Parts were 10 ms apart: frame k captured at start + k * 10 ms.
+    for r in &records {
+        let expect = 1000.0 + r.part as f64 * 0.010;
+        assert!((r.captured_s - expect).abs() < 1e-6, "{r:?}");
+    }
+
+    // Overlays kept for rejected judged parts.
+    for r in &rejected[1..] {
+        let img = r.image.as_ref().expect("overlay");
+        assert!(s.root.join("archive").join(img).is_file());
+    }
+
+    // Metrics agree with the archive.
+    let count = |v: &str| records.iter().filter(|r| r.verdict == v).count() as u64;
+    assert_eq!(summary.verdict(VerdictKind::Pass), count("pass"));
+    assert_eq!(summary.verdict(VerdictKind::Reject), count("reject"));
+    assert_eq!(
+        summary.verdict(VerdictKind::FailsafeReject),
+        count("failsafe_reject")
+    );
+    assert_eq!(summary.failsafe(FailReason::Corrupt), 1);
+    assert_eq!(summary.actuator.pulses, rejected.len() as u64);
+    assert_eq!(summary.actuator.missed, 0);
+    let (code, text) = get(addr, "/metrics");
+    assert_eq!(code, 200);
+    let verdicts = prom_by_label(&text, "ustad_verdicts_total");
+    for v in ["pass", "reject", "failsafe_reject", "failsafe_pass"] {
+        assert_eq!(verdicts.get(v).copied(), Some(count(v)), "{v}: {text}");
+    }
+    assert_eq!(prom_value(&text, "ustad_frames_total"), Some(13));
+    assert_eq!(prom_value(&text, "ustad_parts_total"), Some(13));
+    assert_eq!(
+        prom_value(&text, "ustad_rejects_fired_total"),
+        Some(rejected.len() as u64)
+    );
+    assert_eq!(
+        prom_by_label(&text, "ustad_failsafe_events_total").get("corrupt"),
+        Some(&1)
+    );
+    let (code, status) = get(addr, "/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(status["counters"]["parts"], 13);
+    assert_eq!(get(addr, "/latest.png").0, 200);
+
+    // READY once, then watchdog pings from the frame loop, then STOPPING.
+    let sent = notifier.sent();
+    assert_eq!(sent.first().map(|s| &s.0), Some(&Notification::Ready));
+    let pings: Vec<&String> = sent
+        .iter()
+        .filter(|(n, _)| *n == Notification::Watchdog)
+        .map(|(_, t)| t)
+        .collect();
+    assert!(pings.len() >= 6, "{sent:?}");
+    assert!(pings.iter().all(|t| *t == "ustad-capture"), "{sent:?}");
+    assert_eq!(notifier.count(&Notification::Stopping), 1);
+    drop(daemon);
+}
+
+/// A source that replays a script: frames (with sequence numbers), errors, then the end.
+struct ScriptedSource {
+    clock: ManualClock,
+    script: Vec<Step>,
+    image: image::RgbImage,
+}
+
+enum Step {
+    Frame(u64),
+    /// A frame whose capture time is this long before "now": it arrives over budget.
+    StaleFrame(u64, Duration),
+    Timeout,
+    Gone,
+}
+
+impl FrameSource for ScriptedSource {
+    fn next_frame(&mut self) -> Result<Option<Frame>, CaptureError> {
+        if self.script.is_empty() {
+            return Ok(None);
+        }
+        self.clock.advance(Duration::from_millis(10));
+        let now = self.clock.now();
+        let frame = |sequence, timestamp| Frame {
+            image: self.image.clone(),
+            timestamp,
+            sequence,
+            origin: "scripted".into(),
+        };
+        match self.script.remove(0) {
+            Step::Frame(seq) => Ok(Some(frame(seq, now))),
+            Step::StaleFrame(seq, age) => Ok(Some(frame(
+                seq,
+                Timestamp::from_duration(now.as_duration() - age),
+            ))),
+            Step::Timeout => Err(CaptureError::Timeout {
+                device: "scripted".into(),
+                timeout: Duration::from_millis(1000),
+            }),
+            Step::Gone => Err(CaptureError::Disconnected {
+                device: "scripted".into(),
+                context: "dequeue".into(),
+                source: std::io::Error::other("unplugged"),
+            }),
+        }
+    }
+
+    fn describe(&self) -> String {
+        "scripted source".into()
+    }
+}
+
+#[test]
+fn source_errors_reconnect_gaps_and_stale_frames() {
+    let s = setup();
+    let cfg_path = s.root.join("daemon.toml");
+    std::fs::write(&cfg_path, config_text(&s, &s.root, "", "")).expect("config");
+    let clock = ManualClock::new(Timestamp::from_millis(5_000));
+    let notifier = Arc::new(RecordingNotifier::new());
+    let mut opts = options(&clock, &notifier);
+    opts.serve_http = false;
+    opts.source = Some(Box::new(ScriptedSource {
+        clock: clock.clone(),
+        image: common::test_image(64, 48).to_rgb8(),
+        script: vec![
+            Step::Frame(0),
+            Step::Timeout,
+            Step::Timeout,
+            Step::Gone,
+            // Reconnected; the camera dropped frames 2 and 3 meanwhile.
+            Step::Frame(1),
+            Step::Frame(4),
+            Step::StaleFrame(5, Duration::from_secs(2)),
+            Step::Frame(6),
+        ],
+    }));
+    let mut daemon = Daemon::start(&cfg_path, opts).expect("start");
+    let summary = daemon.wait().expect("run");
+    assert_eq!(summary.source_errors, 3);
+    assert_eq!(summary.frames, 5);
+    let records = read_records(&s.root.join("archive")).expect("archive");
+    let by_part: BTreeMap<u64, &PartRecord> = records.iter().map(|r| (r.part, r)).collect();
+    assert_eq!(records.len(), 7, "one verdict per part: {records:#?}");
+    assert_eq!(
+        by_part.keys().copied().collect::<Vec<_>>(),
+        (0..7).collect::<Vec<_>>()
+    );
+    for p in [2, 3] {
+        assert_eq!(by_part[&p].verdict, "failsafe_reject");
+        assert_eq!(by_part[&p].reason.as_deref(), Some("dropped"));
+    }
+    assert_eq!(by_part[&5].verdict, "failsafe_reject");
+    assert_eq!(by_part[&5].reason.as_deref(), Some("over_budget"));
+    for p in [0, 1, 4, 6] {
+        assert!(by_part[&p].score.is_some(), "{:?}", by_part[&p]);
+        assert_eq!(by_part[&p].reason, None);
+    }
+    assert_eq!(summary.failsafe(FailReason::Dropped), 2);
+    assert_eq!(summary.failsafe(FailReason::OverBudget), 1);
+    // The stale part's pulse window was long over: counted as missed, never fired late.
+    assert_eq!(summary.actuator.missed, 1);
+    // Pings continued through the source errors.
+    assert!(notifier.count(&Notification::Watchdog) >= 4);
+}
+
+/// A source fed from the test, so the daemon runs while the test reloads it.
+struct GatedSource {
+    rx: crossbeam_channel::Receiver<Frame>,
+}
+
+impl FrameSource for GatedSource {
+    fn next_frame(&mut self) -> Result<Option<Frame>, CaptureError> {
+        Ok(self.rx.recv().ok())
+    }
+
+    fn describe(&self) -> String {
+        "gated source".into()
+    }
+}
+
+#[test]
+fn reload_applies_good_configs_and_keeps_running_on_bad_ones() {
+    let s = setup();
+    let cfg_path = s.root.join("daemon.toml");
+    let good = config_text(&s, &s.root, "threshold = 2.0", "");
+    std::fs::write(&cfg_path, &good).expect("config");
+    let clock = ManualClock::new(Timestamp::from_millis(5_000));
+    let notifier = Arc::new(RecordingNotifier::new());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut opts = options(&clock, &notifier);
+    opts.serve_http = false;
+    opts.source = Some(Box::new(GatedSource { rx }));
+    let mut daemon = Daemon::start(&cfg_path, opts).expect("start");
+    let handle = daemon.handle();
+    let before = daemon.config();
+    assert_eq!(daemon.metrics().snapshot().threshold, 2.0);
+
+    // A typo: refused with its line, the running configuration stays.
+    let bad = good.replace("pulse_ms = 5", "pulse_ms = 5\npuls_ms = 7");
+    let line = line_of(&bad, "puls_ms");
+    std::fs::write(&cfg_path, &bad).expect("bad");
+    let e = handle.reload().expect_err("bad config");
+    assert!(
+        matches!(&e, ReloadError::Config(c) if c.line() == Some(line)),
+        "{e}"
+    );
+    assert!(e.to_string().contains("puls_ms"), "{e}");
+    assert_eq!(daemon.config(), before);
+
+    // A bundle that does not load: refused too.
+    std::fs::write(
+        &cfg_path,
+        good.replace(&s.bundle.display().to_string(), "/nonexistent/bundle"),
+    )
+    .expect("bad bundle");
+    let e = handle.reload().expect_err("bad bundle");
+    assert!(matches!(e, ReloadError::Engine { .. }), "{e}");
+    assert_eq!(daemon.config(), before);
+
+    // A good change: sensitivity, timing; a camera change needs a restart.
+    std::fs::write(
+        &cfg_path,
+        good.replace("threshold = 2.0", "threshold = 2.0\nsensitivity = 2.0")
+            .replace("delay_ms = 500", "delay_ms = 450")
+            .replace("fps = 100", "fps = 50"),
+    )
+    .expect("good");
+    let report = handle.reload().expect("good reload");
+    assert!(
+        report.applied.contains(&"model.sensitivity".to_string()),
+        "{report}"
+    );
+    assert!(
+        report.applied.contains(&"reject timing".to_string()),
+        "{report}"
+    );
+    assert_eq!(report.needs_restart, ["camera"], "{report}");
+    let now = daemon.config();
+    assert_eq!(now.model.sensitivity, 2.0);
+    assert_eq!(now.reject.delay, Duration::from_millis(450));
+    assert_eq!(now.camera, before.camera, "camera keeps its running value");
+
+    // The next part is judged at threshold 2.0 / 2 and its pulse uses the new delay.
+    tx.send(Frame {
+        image: common::test_image(64, 48).to_rgb8(),
+        timestamp: clock.now(),
+        sequence: 0,
+        origin: "gated".into(),
+    })
+    .expect("send");
+    drop(tx);
+    let summary = daemon.wait().expect("run");
+    assert_eq!(summary.parts, 1);
+    assert_eq!(summary.threshold, 1.0);
+    assert_eq!(summary.reload_failures, 2);
+    assert_eq!(summary.reloads, 1);
+    let records = read_records(&s.root.join("archive")).expect("archive");
+    assert_eq!(records[0].threshold, 1.0);
+    if records[0].verdict == "reject" {
+        let pulses = daemon.pin_record().expect("mock").pulses();
+        assert_eq!(
+            pulses[0].0 - Timestamp::from_millis(5_000),
+            Duration::from_millis(450)
+        );
+    }
+    assert!(notifier.count(&Notification::Reloading) >= 3);
+}
+
+#[test]
+fn check_config_reports_the_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[camera]\nsource = \"replay\"\npath = \"x\"\n\n[model]\nbundle = \"b\"\n\n[reject]\nactuator = \"log-only\"\npulse_ms = 0\ndelay_ms = 100\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ustad"))
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .expect("run ustad");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:10:", bad.display())) && err.contains("reject.pulse_ms"),
+        "{err}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ustad"))
+        .args(["check-config"])
+        .arg(repo("config/replay.toml"))
+        .current_dir(repo("."))
+        .output()
+        .expect("run ustad");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(": ok") && text.contains("replay of"),
+        "{text}"
+    );
+}
+
+/// The real binary under real signals: SIGHUP with a broken file keeps it running and logs
+/// the line; SIGTERM stops it gracefully with a summary.
+#[test]
+fn sighup_with_a_bad_config_keeps_ustad_run_running() {
+    let s = setup();
+    let frames = replay_folder(&s.root, 2);
+    let cfg_path = s.root.join("daemon.toml");
+    // Debug level: every judged part is logged, so the test sees frames flowing.
+    let good = config_text(&s, &frames, "", "[log]\nlevel = \"debug\"\n")
+        .replace("fps = 100", "fps = 20\nloop = true")
+        .replace("actuator = \"mock\"", "actuator = \"log-only\"");
+    std::fs::write(&cfg_path, &good).expect("config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ustad"))
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .env_remove("RUST_LOG")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ustad run");
+    let pid = child.id().to_string();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |needle: &str| -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {needle:?}: {e}"),
+            }
+        }
+    };
+    wait_for("part 3 ");
+    let bad = good.replace("delay_ms = 500", "delay_ms = 500\ndelay = 1");
+    let line = line_of(&bad, "delay = 1");
+    std::fs::write(&cfg_path, &bad).expect("bad");
+    let kill = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    kill("-HUP");
+    let log = wait_for("reload refused");
+    assert!(
+        log.contains(&format!(":{line}:")) && log.contains("reject.delay"),
+        "{log}"
+    );
+    // Still judging parts after the refused reload.
+    wait_for("part ");
+    kill("-TERM");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("stdout");
+    assert!(out.contains("latency capture -> actuator"), "{out}");
+    drop(rx);
+    let _ = reader.join();
+}
+
+/// Writes a bundle with the `edge` preset's shape (p = 33, stride 4, 128×128, 3 students) and
+/// random weights to `$USTAD_STANDIN_BUNDLE`: it costs exactly what the trained edge bundle
+/// costs per frame, so `ustad run` latency can be measured before training has finished.
+///
+/// `USTAD_STANDIN_BUNDLE=/tmp/standin cargo test -p ustad --test daemon -- --ignored standin`
+#[test]
+#[ignore = "tool: writes a stand-in bundle for latency measurements"]
+fn write_standin_edge_bundle() {
+    let Some(out) = std::env::var_os("USTAD_STANDIN_BUNDLE") else {
+        eprintln!("set USTAD_STANDIN_BUNDLE to the folder to write");
+        return;
+    };
+    let scales = vec![common::random_scale(33, 4, 3, 11)];
+    let bundle = common::write_random_bundle(
+        Path::new(&out),
+        InputSpec::imagenet(128, 128),
+        &scales,
+        ImageScoreRule::default(),
+        0.0,
+    );
+    eprintln!("wrote {}", bundle.dir.display());
+}

@@ -1,0 +1,544 @@
+//! `ustad-train fit`: from a folder of good parts to a deployable bundle.
+//!
+//! 1. Split `train/good` into fit and validation images (seeded).
+//! 2. Teacher statistics μ, σ per channel over every pixel of the fit images (streaming,
+//!    Welford in f64), computed with tract on the same exported graph the daemon runs.
+//! 3. M independently initialised students per scale regress `(T − μ)/σ` over all pixels.
+//! 4. Export, then calibrate e/v statistics and the threshold on the validation images by
+//!    running the exported bundle itself, so the numbers in the bundle are the daemon's.
+//! 5. Parity: the trainer's (burn) anomaly maps against the exported bundle run by tract.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tract_onnx::prelude::*;
+
+use crate::net::PatchNet;
+use ustad::arch::{DESCRIPTOR_DIM, Mode};
+use ustad::bundle::{Bundle, Decision, ImageScoreRule, InputSpec, Provenance};
+use ustad::calibrate::threshold_from_good;
+use ustad::export::{ChannelNorm, GraphSpec, ScaleExport, network_graph, save_model, write_bundle};
+use ustad::infer::{Engine, EngineOptions};
+use ustad::score::{Calibration, RunningStats};
+use ustad::weights::NetworkWeights;
+
+/// A scale of a preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresetScale {
+    pub patch_size: usize,
+    pub stride: usize,
+}
+
+/// A named speed/accuracy setting (`config/presets/*.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preset {
+    pub name: String,
+    pub description: String,
+    pub width: usize,
+    pub height: usize,
+    pub students: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub learning_rate: f64,
+    pub scales: Vec<PresetScale>,
+    pub image_score: ImageScoreRule,
+}
+
+/// Presets compiled into the binary; a path to a `.toml` file works too.
+const BUILTIN_PRESETS: [(&str, &str); 3] = [
+    ("edge", include_str!("../../config/presets/edge.toml")),
+    ("edge-p65", include_str!("../../config/presets/edge-p65.toml")),
+    ("paper", include_str!("../../config/presets/paper.toml")),
+];
+
+impl Preset {
+    /// A built-in preset by name, or a preset file by path.
+    pub fn load(name_or_path: &str) -> Result<Self> {
+        let (origin, text) = match BUILTIN_PRESETS.iter().find(|(n, _)| *n == name_or_path) {
+            Some((name, text)) => (format!("built-in preset `{name}`"), text.to_string()),
+            None if Path::new(name_or_path).is_file() => (
+                name_or_path.to_string(),
+                std::fs::read_to_string(name_or_path).with_context(|| format!("reading {name_or_path}"))?,
+            ),
+            None => bail!(
+                "unknown preset `{name_or_path}` (built in: {}; or give a path to a preset .toml)",
+                BUILTIN_PRESETS.map(|(n, _)| n).join(", ")
+            ),
+        };
+        let preset: Preset = toml::from_str(&text).with_context(|| format!("{origin}: invalid preset"))?;
+        for scale in &preset.scales {
+            let arch = ustad::arch::Architecture::for_patch_size(scale.patch_size).with_context(|| format!("{origin}"))?;
+            arch.output_size(Mode::Image { stride: scale.stride }, preset.height, preset.width)
+                .with_context(|| format!("{origin}: scale p = {}", scale.patch_size))?;
+        }
+        Ok(preset)
+    }
+}
+
+/// Everything `ustad-train fit` can be told.
+#[derive(Debug, Clone)]
+pub struct FitOptions {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub preset: Preset,
+    pub teachers: PathBuf,
+    pub validation_fraction: f64,
+    pub target_false_reject_rate: f64,
+    pub margin: f32,
+    pub weight_decay: f64,
+    /// The part looks the same mirrored: train on flipped copies too.
+    pub symmetric: bool,
+    /// Use at most this many fit images (0 = all): for smoke runs.
+    pub max_fit_images: usize,
+    pub seed: u64,
+    pub resume: bool,
+    pub progress: bool,
+}
+
+/// What a fit measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FitReport {
+    pub preset: String,
+    pub fit_images: usize,
+    pub validation_images: usize,
+    pub epochs: usize,
+    pub final_student_losses: Vec<Vec<f32>>,
+    pub calibration: Vec<Calibration>,
+    pub threshold: f32,
+    pub parity_max_abs: f32,
+    pub parity_mean_abs: f32,
+    pub seconds: f64,
+}
+
+/// Images of `train/good`, decoded, resized and normalised.
+struct Images {
+    paths: Vec<PathBuf>,
+    inputs: Vec<Vec<f32>>,
+}
+
+fn load_inputs(paths: &[PathBuf], spec: &InputSpec, bar: &ProgressBar) -> Result<Vec<Vec<f32>>> {
+    paths
+        .par_iter()
+        .map(|path| {
+            let image = image::open(path).with_context(|| format!("{}: unreadable image", path.display()))?;
+            bar.inc(1);
+            Ok(ustad::preprocess::to_input(&image, spec))
+        })
+        .collect()
+}
+
+fn bar(len: usize, progress: bool, template: &str) -> ProgressBar {
+    let bar = if progress { ProgressBar::new(len as u64) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar
+}
+
+/// Runs an exported network on many inputs with tract, one state per worker.
+fn run_network(path: &Path, inputs: &[Vec<f32>], height: usize, width: usize) -> Result<Vec<Vec<f32>>> {
+    let plan = tract_onnx::onnx()
+        .model_for_path(path)
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+    inputs
+        .par_iter()
+        .map(|input| {
+            let tensor = tract_onnx::prelude::Tensor::from_shape(&[1, 3, height, width], input).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let out = plan.run(tvec![tensor.into_tvalue()]).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+            let view = out[0].try_as_plain_ram().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            Ok(view.as_slice::<f32>().map_err(|e| anyhow::anyhow!("{e:#}"))?.to_vec())
+        })
+        .collect()
+}
+
+/// Per-channel mean and standard deviation over every pixel of every map.
+pub fn channel_statistics(maps: &[Vec<f32>], channels: usize) -> ChannelNorm {
+    let per_map: Vec<Vec<RunningStats>> = maps
+        .par_iter()
+        .map(|map| {
+            let pixels = map.len() / channels;
+            (0..channels)
+                .map(|c| {
+                    let mut s = RunningStats::default();
+                    s.extend(&map[c * pixels..(c + 1) * pixels]);
+                    s
+                })
+                .collect()
+        })
+        .collect();
+    let mut total = vec![RunningStats::default(); channels];
+    for stats in &per_map {
+        for (t, s) in total.iter_mut().zip(stats) {
+            t.merge(s);
+        }
+    }
+    ChannelNorm {
+        mean: total.iter().map(|s| s.mean() as f32).collect(),
+        // A dead channel (σ = 0) would divide by zero: it carries no information, keep it at 1.
+        std: total.iter().map(|s| if s.std() > 1e-6 { s.std() as f32 } else { 1.0 }).collect(),
+    }
+}
+
+/// The M students of one scale, trained together (independent weights, summed losses).
+#[derive(Module, Debug)]
+pub struct Ensemble {
+    pub students: Vec<PatchNet>,
+}
+
+fn flip_input(input: &[f32], height: usize, width: usize, channels: usize) -> Vec<f32> {
+    let mut out = vec![0.0; input.len()];
+    for c in 0..channels {
+        for y in 0..height {
+            for x in 0..width {
+                out[(c * height + y) * width + x] = input[(c * height + y) * width + (width - 1 - x)];
+            }
+        }
+    }
+    out
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FitCheckpoint {
+    scale: usize,
+    epoch: usize,
+    seed: u64,
+    losses: Vec<Vec<f32>>,
+}
+
+/// Fits students and writes a calibrated bundle to `options.out`.
+pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
+    let started = Instant::now();
+    let preset = &options.preset;
+    let (width, height) = (preset.width, preset.height);
+    let spec = InputSpec::imagenet(width, height);
+    let good = options.data.join("train/good");
+    let mut paths = ustad::dataset::images_in(&good).with_context(|| format!("{}: expected MVTec AD layout (train/good)", options.data.display()))?;
+    if paths.len() < 4 {
+        bail!("{}: {} images; fitting needs at least 4 good images", good.display(), paths.len());
+    }
+    if !(0.0..1.0).contains(&options.validation_fraction) || options.validation_fraction == 0.0 {
+        bail!("--validation-fraction must be in (0, 1)");
+    }
+    if preset.students < 2 {
+        bail!("preset {}: at least 2 students are needed for the variance", preset.name);
+    }
+    paths.shuffle(&mut StdRng::seed_from_u64(options.seed));
+    let n_val = ((paths.len() as f64 * options.validation_fraction).ceil() as usize).clamp(1, paths.len() - 1);
+    let val_paths = paths.split_off(paths.len() - n_val);
+    if options.max_fit_images > 0 {
+        paths.truncate(options.max_fit_images);
+    }
+    let loading = bar(paths.len() + val_paths.len(), options.progress, "loading {pos}/{len} {bar:30} {per_sec}");
+    let fit_images = Images {
+        inputs: load_inputs(&paths, &spec, &loading)?,
+        paths,
+    };
+    let val_images = Images {
+        inputs: load_inputs(&val_paths, &spec, &loading)?,
+        paths: val_paths,
+    };
+    loading.finish_and_clear();
+    log::info!(
+        "{} fit and {} validation images from {}, resized to {width}×{height}",
+        fit_images.paths.len(),
+        val_images.paths.len(),
+        good.display()
+    );
+    let out = &options.out;
+    let work = out.join(".work");
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    // Fit inputs, plus mirrored copies for symmetric parts.
+    let mut train_inputs = fit_images.inputs.clone();
+    if options.symmetric {
+        train_inputs.extend(fit_images.inputs.iter().map(|i| flip_input(i, height, width, 3)));
+    }
+
+    let mut teachers = Vec::new();
+    let mut norms = Vec::new();
+    let mut ensembles = Vec::new();
+    let mut all_losses = Vec::new();
+    device.seed(options.seed);
+    for (scale_index, scale) in preset.scales.iter().enumerate() {
+        let p = scale.patch_size;
+        let mode = Mode::Image { stride: scale.stride };
+        let teacher_path = options.teachers.join(format!("p{p}.ustw"));
+        let teacher = NetworkWeights::load(&teacher_path).with_context(|| format!("loading the p = {p} teacher (train one with `ustad-train teacher --patch-size {p}`)"))?;
+        let graph_path = work.join(format!("p{p}-s{}-teacher-raw.onnx", scale.stride));
+        let graph = network_graph(
+            &teacher,
+            &GraphSpec {
+                height,
+                width,
+                mode,
+                output_norm: None,
+            },
+        )?;
+        save_model(&graph, &graph_path)?;
+        let t0 = Instant::now();
+        let raw = run_network(&graph_path, &train_inputs, height, width)?;
+        let norm = channel_statistics(&raw, DESCRIPTOR_DIM);
+        log::info!("p = {p}: teacher maps and statistics of {} images in {:.1} s", raw.len(), t0.elapsed().as_secs_f64());
+        let pixels = raw[0].len() / DESCRIPTOR_DIM;
+        let (mh, mw) = ustad::arch::Architecture::for_patch_size(p)?.output_size(mode, height, width)?;
+        let targets: Vec<Vec<f32>> = raw
+            .into_iter()
+            .map(|mut map| {
+                for c in 0..DESCRIPTOR_DIM {
+                    for v in &mut map[c * pixels..(c + 1) * pixels] {
+                        *v = (*v - norm.mean[c]) / norm.std[c];
+                    }
+                }
+                map
+            })
+            .collect();
+
+        let ckpt = work.join(format!("scale{scale_index}"));
+        let mut ensemble = Ensemble {
+            students: (0..preset.students).map(|_| PatchNet::new(p, device)).collect::<Result<_, _>>()?,
+        };
+        let mut optimizer = AdamConfig::new()
+            .with_weight_decay(Some(WeightDecayConfig::new(options.weight_decay as f32)))
+            .init();
+        let mut start_epoch = 0;
+        let mut losses: Vec<Vec<f32>> = Vec::new();
+        if options.resume && ckpt.join("state.json").is_file() {
+            let state: FitCheckpoint = serde_json::from_slice(&std::fs::read(ckpt.join("state.json"))?).with_context(|| format!("{}: bad checkpoint", ckpt.display()))?;
+            if state.seed != options.seed {
+                bail!("{}: checkpoint has seed {}, asked {}", ckpt.display(), state.seed, options.seed);
+            }
+            ensemble = ensemble.try_load_file(ckpt.join("students.bpk")).map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("students.bpk").display()))?;
+            optimizer = optimizer.load(ckpt.join("optimizer.bpk")).map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("optimizer.bpk").display()))?;
+            start_epoch = state.epoch;
+            losses = state.losses;
+            log::info!("p = {p}: resumed after epoch {start_epoch}");
+        }
+        let steps_per_epoch = train_inputs.len().div_ceil(preset.batch);
+        let training = bar(preset.epochs * steps_per_epoch, options.progress, "students p={prefix} {pos}/{len} {bar:25} {per_sec} eta {eta} {msg}");
+        training.set_prefix(p.to_string());
+        training.set_position((start_epoch * steps_per_epoch) as u64);
+        for epoch in start_epoch..preset.epochs {
+            let mut order: Vec<usize> = (0..train_inputs.len()).collect();
+            order.shuffle(&mut StdRng::seed_from_u64(options.seed ^ ((epoch as u64 + 1) * 0x9E37_79B9)));
+            let mut epoch_loss = vec![0.0f64; preset.students];
+            for batch in order.chunks(preset.batch) {
+                let b = batch.len();
+                let mut x = Vec::with_capacity(b * 3 * width * height);
+                let mut y = Vec::with_capacity(b * DESCRIPTOR_DIM * pixels);
+                for &i in batch {
+                    x.extend_from_slice(&train_inputs[i]);
+                    y.extend_from_slice(&targets[i]);
+                }
+                let x: Tensor<4> = Tensor::from_data(TensorData::new(x, [b, 3, height, width]), device);
+                let y: Tensor<4> = Tensor::from_data(TensorData::new(y, [b, DESCRIPTOR_DIM, mh, mw]), device);
+                let mut total: Option<Tensor<1>> = None;
+                let mut values = Vec::with_capacity(preset.students);
+                for student in &ensemble.students {
+                    let s = student.forward(x.clone(), mode)?;
+                    // Mean over pixels (and batch) of the squared L2 distance of descriptors.
+                    let loss = (s - y.clone()).powi_scalar(2).sum_dim(1).mean();
+                    values.push(crate::teacher::scalar(loss.clone()));
+                    total = Some(match total {
+                        Some(t) => t + loss,
+                        None => loss,
+                    });
+                }
+                let Some(total) = total else { bail!("no students") };
+                let grads = GradientsParams::from_grads(total.backward(), &ensemble);
+                ensemble = optimizer.step(preset.learning_rate, ensemble, grads);
+                if values.iter().any(|v| !v.is_finite()) {
+                    bail!("p = {p}: student training diverged in epoch {} (losses {values:?})", epoch + 1);
+                }
+                for (e, v) in epoch_loss.iter_mut().zip(&values) {
+                    *e += *v as f64 * b as f64;
+                }
+                training.set_message(format!("epoch {} loss {:.3}", epoch + 1, values.iter().sum::<f32>() / values.len() as f32));
+                training.inc(1);
+            }
+            losses.push(epoch_loss.iter().map(|l| (*l / train_inputs.len() as f64) as f32).collect());
+            std::fs::create_dir_all(&ckpt)?;
+            ensemble.clone().save_file(ckpt.join("students.bpk")).map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.display()))?;
+            optimizer.save(ckpt.join("optimizer.bpk")).map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.display()))?;
+            let state = FitCheckpoint {
+                scale: scale_index,
+                epoch: epoch + 1,
+                seed: options.seed,
+                losses: losses.clone(),
+            };
+            std::fs::write(ckpt.join("state.json"), serde_json::to_vec(&state)?)?;
+            log::info!("p = {p}: epoch {} student losses {:?}", epoch + 1, losses.last());
+        }
+        training.finish_and_clear();
+        all_losses.push(losses.last().cloned().unwrap_or_default());
+        teachers.push(teacher);
+        norms.push(norm);
+        ensembles.push(ensemble);
+    }
+
+    // Export with identity calibration, measure e and v on validation images with the
+    // exported bundle itself, then calibrate and pick the threshold.
+    let student_weights: Vec<Vec<NetworkWeights>> = ensembles.iter().map(|e| e.students.iter().map(|s| s.to_weights()).collect()).collect();
+    let provenance = Provenance {
+        dataset: options.data.display().to_string(),
+        created: utc_now(),
+        trainer_version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    };
+    let export = |calibrations: &[Calibration], decision: Decision, provenance: Provenance| -> Result<Bundle> {
+        let scales: Vec<ScaleExport<'_>> = preset
+            .scales
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ScaleExport {
+                stride: s.stride,
+                teacher: &teachers[i],
+                students: &student_weights[i],
+                teacher_norm: norms[i].clone(),
+                calibration: calibrations[i],
+            })
+            .collect();
+        Ok(write_bundle(out, spec.clone(), &scales, preset.image_score, decision, provenance)?)
+    };
+    let identity = vec![Calibration::IDENTITY; preset.scales.len()];
+    let placeholder = Decision {
+        threshold: 0.0,
+        rule: "uncalibrated".into(),
+    };
+    let bundle = export(&identity, placeholder.clone(), provenance.clone())?;
+    let mut engine = Engine::load(bundle, EngineOptions::default())?;
+    let mut e_stats = vec![RunningStats::default(); preset.scales.len()];
+    let mut v_stats = vec![RunningStats::default(); preset.scales.len()];
+    let calibrating = bar(val_images.inputs.len() * 2, options.progress, "calibrating {pos}/{len} {bar:30} {per_sec}");
+    for input in &val_images.inputs {
+        engine.analyze_input(input)?;
+        for (i, maps) in engine.scale_maps().iter().enumerate() {
+            e_stats[i].extend(maps.error);
+            v_stats[i].extend(maps.variance);
+        }
+        calibrating.inc(1);
+    }
+    let calibrations: Vec<Calibration> = e_stats
+        .iter()
+        .zip(&v_stats)
+        .map(|(e, v)| Calibration {
+            error_mean: e.mean() as f32,
+            error_std: (e.std() as f32).max(1e-12),
+            variance_mean: v.mean() as f32,
+            variance_std: (v.std() as f32).max(1e-12),
+        })
+        .collect();
+    let bundle = export(&calibrations, placeholder, provenance.clone())?;
+    let mut engine = Engine::load(bundle, EngineOptions::default())?;
+    let mut scores = Vec::with_capacity(val_images.inputs.len());
+    for input in &val_images.inputs {
+        scores.push(engine.analyze_input(input)?.score);
+        calibrating.inc(1);
+    }
+    calibrating.finish_and_clear();
+    let choice = threshold_from_good(&scores, options.target_false_reject_rate, options.margin)?;
+
+    // Parity: the trainer's own forward pass (burn) against the exported bundle (tract).
+    let parity_images = val_images.inputs.len().min(3);
+    let mut parity_max = 0.0f32;
+    let mut parity_sum = 0.0f64;
+    let mut parity_count = 0usize;
+    for input in &val_images.inputs[..parity_images] {
+        engine.analyze_input(input)?;
+        let maps: Vec<(Vec<f32>, Vec<f32>)> = engine.scale_maps().iter().map(|m| (m.error.to_vec(), m.variance.to_vec())).collect();
+        for (i, scale) in preset.scales.iter().enumerate() {
+            let mode = Mode::Image { stride: scale.stride };
+            let x: Tensor<4> = Tensor::from_data(TensorData::new(input.clone(), [1, 3, height, width]), device);
+            let teacher = PatchNet::from_weights(&teachers[i], device)?;
+            let t = crate::net::to_vec(teacher.forward(x.clone(), mode)?);
+            let pixels = t.len() / DESCRIPTOR_DIM;
+            let t: Vec<f32> = t.iter().enumerate().map(|(k, v)| (v - norms[i].mean[k / pixels]) / norms[i].std[k / pixels]).collect();
+            let students: Vec<Vec<f32>> = ensembles[i].students.iter().map(|s| s.forward(x.clone(), mode).map(crate::net::to_vec)).collect::<Result<_, _>>()?;
+            let refs: Vec<&[f32]> = students.iter().map(|s| s.as_slice()).collect();
+            let (mut e, mut v) = (vec![0.0; pixels], vec![0.0; pixels]);
+            ustad::score::error_and_variance(&t, &refs, DESCRIPTOR_DIM, &mut e, &mut v);
+            let c = calibrations[i];
+            for k in 0..pixels {
+                let ours = c.normalise(e[k], v[k]);
+                let theirs = c.normalise(maps[i].0[k], maps[i].1[k]);
+                let d = (ours - theirs).abs();
+                parity_max = parity_max.max(d);
+                parity_sum += d as f64;
+                parity_count += 1;
+            }
+        }
+    }
+    let parity_mean = (parity_sum / parity_count.max(1) as f64) as f32;
+
+    let mut provenance = provenance;
+    let extra = &mut provenance.extra;
+    extra.insert("preset".into(), toml::Value::String(preset.name.clone()));
+    extra.insert("fit_images".into(), toml::Value::Integer(fit_images.paths.len() as i64));
+    extra.insert("validation_images".into(), toml::Value::Integer(val_images.paths.len() as i64));
+    extra.insert("epochs".into(), toml::Value::Integer(preset.epochs as i64));
+    extra.insert("symmetric".into(), toml::Value::Boolean(options.symmetric));
+    extra.insert("seed".into(), toml::Value::Integer(options.seed as i64));
+    extra.insert(
+        "teachers".into(),
+        toml::Value::Array(preset.scales.iter().map(|s| toml::Value::String(options.teachers.join(format!("p{}.ustw", s.patch_size)).display().to_string())).collect()),
+    );
+    extra.insert(
+        "final_student_losses".into(),
+        toml::Value::Array(all_losses.iter().flatten().map(|l| toml::Value::Float(*l as f64)).collect()),
+    );
+    extra.insert("parity_f32_max_abs".into(), toml::Value::Float(parity_max as f64));
+    extra.insert("parity_f32_mean_abs".into(), toml::Value::Float(parity_mean as f64));
+    extra.insert("parity_images".into(), toml::Value::Integer(parity_images as i64));
+    extra.insert("validation_false_reject_rate".into(), toml::Value::Float(choice.false_reject_rate_on_calibration));
+    let decision = Decision {
+        threshold: choice.threshold,
+        rule: choice.describe(),
+    };
+    export(&calibrations, decision, provenance)?;
+    std::fs::remove_dir_all(work.join("p")).ok();
+    for entry in std::fs::read_dir(&work)?.flatten() {
+        if entry.path().extension().is_some_and(|e| e == "onnx") {
+            std::fs::remove_file(entry.path()).ok();
+        }
+    }
+    Ok(FitReport {
+        preset: preset.name.clone(),
+        fit_images: fit_images.paths.len(),
+        validation_images: val_images.paths.len(),
+        epochs: preset.epochs,
+        final_student_losses: all_losses,
+        calibration: calibrations,
+        threshold: choice.threshold,
+        parity_max_abs: parity_max,
+        parity_mean_abs: parity_mean,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` without a date crate (civil-from-days, H. Hinnant).
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}

@@ -1,0 +1,137 @@
+//! `fit` end to end on a tiny MVTec-layout dataset of real MTD images, and its error cases.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use ustad::bundle::Bundle;
+use ustad::calibrate::threshold_from_good;
+use ustad::infer::{Engine, EngineOptions};
+use ustad::weights::NetworkWeights;
+use ustad_train::fit::{FitOptions, Preset, channel_statistics, fit};
+
+fn mtd() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mtd")
+}
+
+/// `count` real good images (their sizes differ: the fit resizes them) in MVTec layout.
+fn tiny_dataset(root: &Path, count: usize) -> PathBuf {
+    let good = root.join("data/train/good");
+    std::fs::create_dir_all(&good).unwrap();
+    let mut files = ustad::dataset::images_in(&mtd().join("train/good")).unwrap();
+    files.truncate(count);
+    for f in &files {
+        std::fs::copy(f, good.join(f.file_name().unwrap())).unwrap();
+    }
+    root.join("data")
+}
+
+fn small_preset(dir: &Path) -> Preset {
+    let path = dir.join("tiny.toml");
+    std::fs::write(
+        &path,
+        r#"
+name = "tiny"
+description = "test preset"
+width = 48
+height = 48
+students = 2
+epochs = 1
+batch = 4
+learning_rate = 1e-4
+scales = [{ patch_size = 33, stride = 4 }]
+[image_score]
+smoothing_sigma = 1.0
+top_fraction = 0.01
+"#,
+    )
+    .unwrap();
+    Preset::load(path.to_str().unwrap()).unwrap()
+}
+
+fn options(root: &Path, data: PathBuf) -> FitOptions {
+    let teachers = root.join("teachers");
+    std::fs::create_dir_all(&teachers).unwrap();
+    NetworkWeights::random(33, 5).unwrap().save(&teachers.join("p33.ustw")).unwrap();
+    FitOptions {
+        data,
+        out: root.join("bundle"),
+        preset: small_preset(root),
+        teachers,
+        validation_fraction: 0.3,
+        target_false_reject_rate: 0.1,
+        margin: 0.1,
+        weight_decay: 1e-5,
+        symmetric: true,
+        max_fit_images: 0,
+        seed: 3,
+        resume: false,
+        progress: false,
+    }
+}
+
+#[test]
+fn statistics_match_a_direct_computation() {
+    // Two maps of 3 channels × 4 pixels.
+    let maps = vec![
+        vec![1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0, 5.0, -5.0, 5.0, -5.0],
+        vec![5.0, 6.0, 7.0, 8.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0],
+    ];
+    let norm = channel_statistics(&maps, 3);
+    for c in 0..3 {
+        let values: Vec<f64> = maps.iter().flat_map(|m| m[c * 4..(c + 1) * 4].iter().map(|&v| v as f64)).collect();
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64).sqrt();
+        assert!((norm.mean[c] as f64 - mean).abs() < 1e-6, "channel {c} mean");
+        let want_std = if std > 1e-6 { std } else { 1.0 };
+        assert!((norm.std[c] as f64 - want_std).abs() < 1e-6, "channel {c} std {} vs {want_std}", norm.std[c]);
+    }
+}
+
+#[test]
+fn fit_exports_a_calibrated_bundle_that_scores_like_the_trainer() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 10);
+    let options = options(dir.path(), data);
+    let report = fit(&options, &Device::flex().autodiff()).unwrap();
+    assert_eq!((report.fit_images, report.validation_images), (7, 3));
+    assert!(report.parity_max_abs < 1e-3, "burn vs tract parity {}", report.parity_max_abs);
+
+    let bundle = Bundle::load(&options.out).unwrap();
+    let scale = &bundle.manifest.scales[0];
+    assert_eq!(scale.students.len(), 2);
+    assert!(scale.teacher_std.iter().all(|s| *s > 0.0));
+    // The threshold is what the rule gives on the validation images' scores.
+    let mut engine = Engine::load(bundle.clone(), EngineOptions::default()).unwrap();
+    let scores: Vec<f32> = report_validation_scores(&mut engine, &options);
+    let want = threshold_from_good(&scores, options.target_false_reject_rate, options.margin).unwrap();
+    assert!((bundle.manifest.decision.threshold - want.threshold).abs() < 1e-4, "{} vs {}", bundle.manifest.decision.threshold, want.threshold);
+    assert_eq!(bundle.manifest.provenance.extra["preset"].as_str(), Some("tiny"));
+}
+
+/// The validation split is the last `n` of the seeded shuffle: recompute it as `fit` does.
+fn report_validation_scores(engine: &mut Engine, options: &FitOptions) -> Vec<f32> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut paths = ustad::dataset::images_in(&options.data.join("train/good")).unwrap();
+    paths.shuffle(&mut rand::rngs::StdRng::seed_from_u64(options.seed));
+    let n_val = ((paths.len() as f64 * options.validation_fraction).ceil() as usize).clamp(1, paths.len() - 1);
+    paths[paths.len() - n_val..]
+        .iter()
+        .map(|p| engine.analyze(&image::open(p).unwrap()).unwrap().score)
+        .collect()
+}
+
+#[test]
+fn empty_and_unreadable_datasets_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(empty.join("train/good")).unwrap();
+    let err = format!("{:#}", fit(&options(dir.path(), empty.clone()), &Device::flex().autodiff()).unwrap_err());
+    assert!(err.contains("no images") && err.contains("train/good"), "{err}");
+
+    let data = tiny_dataset(&dir.path().join("broken"), 6);
+    let bad = data.join("train/good/zz_truncated.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\n truncated").unwrap();
+    let err = format!("{:#}", fit(&options(dir.path(), data), &Device::flex().autodiff()).unwrap_err());
+    assert!(err.contains("zz_truncated.png") && err.contains("unreadable"), "{err}");
+}

@@ -1,0 +1,155 @@
+//! Teacher distillation on real photos with the real backbone, kept tiny.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use ustad::weights::NetworkWeights;
+use ustad_train::teacher::{TeacherOptions, compactness_loss, train_teacher};
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+/// A corpus of a few real ImageNet photos.
+fn tiny_corpus(dir: &Path, count: usize) -> PathBuf {
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut files = ustad::dataset::images_in(&shared().join("data/imagenet-sample")).unwrap();
+    files.truncate(count);
+    for f in files {
+        std::fs::copy(&f, images.join(f.file_name().unwrap())).unwrap();
+    }
+    images
+}
+
+fn tiny_options(dir: &Path, images: PathBuf, iterations: usize) -> TeacherOptions {
+    TeacherOptions {
+        iterations,
+        batch: 16,
+        learning_rate: 1e-3,
+        cache_patches: 96,
+        validation_patches: 32,
+        validation_every: iterations,
+        checkpoint_every: 2,
+        baseline_patches: 64,
+        progress: false,
+        ..TeacherOptions::paper(
+            17,
+            shared().join("models/efficientnet_lite0_imagenet.onnx"),
+            images,
+            dir.join("teacher.ustw"),
+        )
+    }
+}
+
+fn hadamard(n: usize) -> Vec<Vec<f32>> {
+    let mut h = vec![vec![1.0f32]];
+    while h.len() < n {
+        let m = h.len();
+        let mut next = vec![vec![0.0; 2 * m]; 2 * m];
+        for i in 0..m {
+            for j in 0..m {
+                next[i][j] = h[i][j];
+                next[i][j + m] = h[i][j];
+                next[i + m][j] = h[i][j];
+                next[i + m][j + m] = -h[i][j];
+            }
+        }
+        h = next;
+    }
+    h
+}
+
+#[test]
+fn compactness_is_zero_for_decorrelated_and_positive_for_correlated_descriptors() {
+    let device = Device::flex();
+    // Columns 1..=128 of a 256×256 Hadamard matrix: zero mean and mutually orthogonal.
+    let h = hadamard(256);
+    let decorrelated: Vec<f32> = (0..256).flat_map(|r| (1..=128).map(move |c| (r, c))).map(|(r, c)| h[r][c]).collect();
+    let loss = compactness_loss(Tensor::from_data(TensorData::new(decorrelated.clone(), [256, 128]), &device));
+    let value = loss.into_data().try_into_vec::<f32>().unwrap()[0];
+    assert!(value.abs() < 1e-6, "decorrelated: {value}");
+
+    // Make channel 1 a noisy copy of channel 0.
+    let mut correlated = decorrelated;
+    for r in 0..256 {
+        correlated[r * 128 + 1] = correlated[r * 128] + 0.1 * correlated[r * 128 + 2];
+    }
+    let loss = compactness_loss(Tensor::from_data(TensorData::new(correlated, [256, 128]), &device));
+    let value = loss.into_data().try_into_vec::<f32>().unwrap()[0];
+    assert!(value > 1.0, "correlated: {value}");
+}
+
+#[test]
+fn distillation_loss_decreases_within_a_few_iterations() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = tiny_corpus(dir.path(), 8);
+    let options = tiny_options(dir.path(), images, 8);
+    let report = train_teacher(&options, &Device::flex().autodiff()).unwrap();
+    assert!(
+        report.final_validation_k < 0.8 * report.initial_validation_k,
+        "validation L_k {} → {}",
+        report.initial_validation_k,
+        report.final_validation_k
+    );
+    let weights = NetworkWeights::load(&options.out).unwrap();
+    assert_eq!(weights.patch_size, 17);
+    assert_eq!(weights.meta("role"), Some("teacher"));
+    assert!(options.out.with_extension("loss.csv").is_file());
+}
+
+#[test]
+fn resuming_from_a_checkpoint_gives_the_same_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = tiny_corpus(dir.path(), 6);
+    let device = Device::flex().autodiff();
+
+    let full_dir = dir.path().join("full");
+    std::fs::create_dir_all(&full_dir).unwrap();
+    let full = tiny_options(&full_dir, images.clone(), 4);
+    train_teacher(&full, &device).unwrap();
+
+    let split_dir = dir.path().join("split");
+    std::fs::create_dir_all(&split_dir).unwrap();
+    let first = tiny_options(&split_dir, images.clone(), 2);
+    train_teacher(&first, &device).unwrap();
+    let second = TeacherOptions {
+        resume: true,
+        ..tiny_options(&split_dir, images, 4)
+    };
+    train_teacher(&second, &device).unwrap();
+
+    let a = NetworkWeights::load(&full.out).unwrap();
+    let b = NetworkWeights::load(&second.out).unwrap();
+    let diff = a
+        .convs
+        .iter()
+        .zip(&b.convs)
+        .flat_map(|(x, y)| x.weight.iter().zip(&y.weight))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "resumed teacher differs by {diff}");
+}
+
+#[test]
+fn bad_backbone_and_empty_corpus_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex().autodiff();
+    let images = tiny_corpus(dir.path(), 2);
+
+    let bogus = dir.path().join("bogus.onnx");
+    std::fs::write(&bogus, b"this is not onnx").unwrap();
+    let options = TeacherOptions {
+        backbone: bogus.clone(),
+        backbone_config: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/backbones/efficientnet_lite0_imagenet.toml")),
+        ..tiny_options(dir.path(), images, 1)
+    };
+    let err = format!("{:#}", train_teacher(&options, &device).unwrap_err());
+    assert!(err.contains("bogus.onnx") && err.contains("not a usable backbone"), "{err}");
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let options = tiny_options(dir.path(), empty.clone(), 1);
+    let err = format!("{:#}", train_teacher(&options, &device).unwrap_err());
+    assert!(err.contains("empty") && err.contains("no images"), "{err}");
+}
