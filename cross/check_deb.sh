@@ -46,6 +46,10 @@ check "postinst adds ustad to video and gpio" grep -q 'usermod --append --groups
 check "postinst creates the gpio group if missing" grep -q 'groupadd --system gpio' "$tmp/postinst"
 check "postinst enables ustad.service" grep -Eq 'deb-systemd-helper (--quiet )?enable .*ustad\.service|deb-systemd-helper enable' "$tmp/postinst"
 check "prerm stops ustad.service" grep -q 'ustad.service' "$tmp/prerm"
+for script in postinst prerm; do
+  check "$script is valid sh" sh -n "$tmp/$script"
+done
+check "postinst has the systemd snippet exactly once" test "$(grep -c 'deb-systemd-helper enable' "$tmp/postinst")" = 1
 
 # The packaged binary itself: ELF machine (and hard-float ABI on armhf).
 dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/bin/ustad >"$tmp/ustad"

@@ -53,8 +53,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=20, help="timed frames per benchmark")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--limit", type=int, help="images per category for eval (quick runs only)")
-    p.add_argument("--out", type=Path, default=Path("results.md"), help="markdown output")
-    p.add_argument("--work", type=Path, default=Path("results"), help="eval reports and raw JSON")
+    cache = Path.home() / ".cache" / "ustad" / "results"
+    p.add_argument("--out", type=Path, default=cache / "results.md", help="markdown output")
+    p.add_argument("--work", type=Path, default=cache,
+                   help="eval reports (report.json, curves, overlays) and raw bench/ORT JSON")
     p.add_argument("--readme", type=Path, help="splice the table into this file between the markers")
     p.add_argument("--ustad", type=Path, default=default_ustad(),
                    help="ustad binary (default: $USTAD_BIN or $CARGO_TARGET_DIR/release/ustad)")
@@ -192,6 +194,7 @@ def main() -> None:
         bundle = Path(path)
         rows.append(measure(name or bundle.name, bundle, args, log))
     text = table(rows, args, log)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
     if args.readme:

@@ -133,6 +133,8 @@ pub struct BenchReport {
     pub warmup: usize,
     pub runs: usize,
     pub parity_bound: f64,
+    /// Per-layer arithmetic of each scale's networks.
+    pub scales: Vec<ScaleCost>,
     pub results: Vec<Outcome>,
     /// Fastest measured precision within the parity bound.
     pub recommendation: Option<Precision>,
@@ -160,6 +162,104 @@ pub fn network_macs(bundle: &Bundle) -> Result<Vec<u64>, BenchError> {
             )
             .map_err(geometry)?;
         out.extend(std::iter::repeat_n(macs, 1 + scale.students.len()));
+    }
+    Ok(out)
+}
+
+/// Multiply-accumulates of one conv layer of one network for one frame.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerMacs {
+    /// e.g. `conv5x5 128->256 d2 @ 60x60` (kernel, channels, dilation, output size).
+    pub layer: String,
+    pub macs: u64,
+    /// Share of the network's MACs.
+    pub share: f64,
+}
+
+/// The arithmetic of one scale's network, layer by layer: which layer bounds the speed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScaleCost {
+    pub patch_size: usize,
+    pub stride: usize,
+    pub networks: usize,
+    pub macs_per_network: u64,
+    pub layers: Vec<LayerMacs>,
+}
+
+/// Per-layer MACs of every scale (same geometry walk as [`Architecture::macs`]), so a report
+/// can say which layer dominates, not only which network.
+pub fn scale_costs(bundle: &Bundle) -> Result<Vec<ScaleCost>, BenchError> {
+    use crate::arch::PlannedLayer;
+    let m = &bundle.manifest;
+    let mut out = Vec::new();
+    for (index, scale) in m.scales.iter().enumerate() {
+        let geometry = |message: String| BenchError::Geometry {
+            scale: index,
+            message,
+        };
+        let arch =
+            Architecture::for_patch_size(scale.patch_size).map_err(|e| geometry(e.to_string()))?;
+        let plan = arch
+            .plan(Mode::Image {
+                stride: scale.stride,
+            })
+            .map_err(|e| geometry(e.to_string()))?;
+        let (mut h, mut w) = (m.input.height, m.input.width);
+        let mut layers = Vec::new();
+        for layer in plan {
+            match layer {
+                PlannedLayer::Conv {
+                    kernel,
+                    in_channels,
+                    out_channels,
+                    dilation,
+                    padding,
+                    ..
+                } => {
+                    let shrink = dilation * (kernel - 1);
+                    h = (h + padding[0] + padding[2])
+                        .checked_sub(shrink)
+                        .ok_or_else(|| geometry("input too small".into()))?;
+                    w = (w + padding[1] + padding[3])
+                        .checked_sub(shrink)
+                        .ok_or_else(|| geometry("input too small".into()))?;
+                    layers.push(LayerMacs {
+                        layer: format!(
+                            "conv{kernel}x{kernel} {in_channels}->{out_channels} d{dilation} @ {h}x{w}"
+                        ),
+                        macs: (h * w * kernel * kernel * in_channels * out_channels) as u64,
+                        share: 0.0,
+                    });
+                }
+                PlannedLayer::MaxPool { stride, dilation } => {
+                    h = h
+                        .checked_sub(dilation + 1)
+                        .ok_or_else(|| geometry("input too small".into()))?
+                        / stride
+                        + 1;
+                    w = w
+                        .checked_sub(dilation + 1)
+                        .ok_or_else(|| geometry("input too small".into()))?
+                        / stride
+                        + 1;
+                }
+            }
+        }
+        let total: u64 = layers.iter().map(|l| l.macs).sum();
+        for l in &mut layers {
+            l.share = if total > 0 {
+                l.macs as f64 / total as f64
+            } else {
+                0.0
+            };
+        }
+        out.push(ScaleCost {
+            patch_size: scale.patch_size,
+            stride: scale.stride,
+            networks: 1 + scale.students.len(),
+            macs_per_network: total,
+            layers,
+        });
     }
     Ok(out)
 }
@@ -454,6 +554,7 @@ pub fn run_bench(
         warmup: options.warmup,
         runs: options.runs,
         parity_bound: options.parity_bound,
+        scales: scale_costs(bundle)?,
         results,
         recommendation,
         recommendation_reason,
@@ -579,6 +680,23 @@ impl BenchReport {
                         gflops
                     ));
                 }
+            }
+        }
+        for scale in &self.scales {
+            s.push_str(&format!(
+                "\np{} stride {}: {:.2} GMAC per network × {} networks; per layer:\n",
+                scale.patch_size,
+                scale.stride,
+                scale.macs_per_network as f64 / 1e9,
+                scale.networks
+            ));
+            for l in &scale.layers {
+                s.push_str(&format!(
+                    "  {:<36} {:>7.2} GMAC  {:>5.1} %\n",
+                    l.layer,
+                    l.macs as f64 / 1e9,
+                    100.0 * l.share
+                ));
             }
         }
         s.push_str(&format!(
@@ -737,6 +855,44 @@ mod tests {
         let (best, why) = recommend(&results, 0.05);
         assert_eq!(best, Some(Precision::F32));
         assert!(why.contains("int8 is not in the bundle"), "{why}");
+    }
+
+    #[test]
+    fn layer_macs_add_up_to_the_architecture_total() {
+        for (p, stride) in [(17, 1), (33, 4), (65, 8)] {
+            let arch = Architecture::for_patch_size(p).unwrap();
+            let mode = Mode::Image { stride };
+            let total = arch.macs(mode, 96, 80).unwrap();
+            let dir = std::path::PathBuf::from("unused");
+            let bundle = Bundle {
+                dir,
+                manifest: crate::bundle::Manifest {
+                    format_version: crate::bundle::FORMAT_VERSION,
+                    input: crate::bundle::InputSpec::imagenet(80, 96),
+                    scales: vec![crate::bundle::ScaleSpec {
+                        patch_size: p,
+                        stride,
+                        teacher: "t.onnx".into(),
+                        students: vec!["a.onnx".into(), "b.onnx".into()],
+                        int8: None,
+                        teacher_mean: vec![],
+                        teacher_std: vec![],
+                        calibration: crate::score::Calibration::IDENTITY,
+                    }],
+                    image_score: Default::default(),
+                    decision: crate::bundle::Decision {
+                        threshold: 1.0,
+                        rule: String::new(),
+                    },
+                    provenance: Default::default(),
+                },
+            };
+            let costs = scale_costs(&bundle).unwrap();
+            let sum: u64 = costs[0].layers.iter().map(|l| l.macs).sum();
+            assert_eq!(sum, total, "p{p}");
+            assert_eq!(costs[0].networks, 3);
+            assert_eq!(network_macs(&bundle).unwrap(), vec![total; 3]);
+        }
     }
 
     #[test]

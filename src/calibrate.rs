@@ -69,7 +69,11 @@ pub fn quantile_sorted(sorted: &[f32], p: f64) -> f32 {
 }
 
 /// Applies the rule in the module docs to the image scores of good parts.
-pub fn threshold_from_good(scores: &[f32], target_false_reject_rate: f64, margin: f32) -> Result<ThresholdChoice, CalibrationError> {
+pub fn threshold_from_good(
+    scores: &[f32],
+    target_false_reject_rate: f64,
+    margin: f32,
+) -> Result<ThresholdChoice, CalibrationError> {
     if scores.is_empty() {
         return Err(CalibrationError::NoScores);
     }
@@ -108,7 +112,10 @@ mod tests {
         // 0, 1, …, 100: the 0.95 quantile is 95, the median 50.
         let scores: Vec<f32> = (0..=100).rev().map(|v| v as f32).collect();
         let choice = threshold_from_good(&scores, 0.05, 0.0).unwrap();
-        assert_eq!((choice.quantile, choice.median, choice.threshold), (95.0, 50.0, 95.0));
+        assert_eq!(
+            (choice.quantile, choice.median, choice.threshold),
+            (95.0, 50.0, 95.0)
+        );
         assert!((choice.false_reject_rate_on_calibration - 6.0 / 101.0).abs() < 1e-12);
         let choice = threshold_from_good(&scores, 0.05, 0.2).unwrap();
         assert_eq!(choice.threshold, 95.0 + 0.2 * 45.0);
@@ -125,12 +132,21 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_use() {
-        assert_eq!(threshold_from_good(&[], 0.01, 0.1), Err(CalibrationError::NoScores));
+        assert_eq!(
+            threshold_from_good(&[], 0.01, 0.1),
+            Err(CalibrationError::NoScores)
+        );
         assert!(matches!(
             threshold_from_good(&[1.0, f32::NAN], 0.01, 0.1),
             Err(CalibrationError::NotFinite { index: 1, .. })
         ));
-        assert_eq!(threshold_from_good(&[1.0], 1.0, 0.1), Err(CalibrationError::BadRate(1.0)));
-        assert_eq!(threshold_from_good(&[1.0], 0.1, -1.0), Err(CalibrationError::BadMargin(-1.0)));
+        assert_eq!(
+            threshold_from_good(&[1.0], 1.0, 0.1),
+            Err(CalibrationError::BadRate(1.0))
+        );
+        assert_eq!(
+            threshold_from_good(&[1.0], 0.1, -1.0),
+            Err(CalibrationError::BadMargin(-1.0))
+        );
     }
 }

@@ -188,7 +188,11 @@ pub fn save_model(model: &pb::ModelProto, path: &Path) -> Result<(), ExportError
 }
 
 /// `(W·x + b − μ) / σ` per output channel is a conv with weights `W/σ` and bias `(b − μ)/σ`.
-fn fold_normalisation(weight: &[f32], bias: &[f32], norm: &ChannelNorm) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn fold_normalisation(
+    weight: &[f32],
+    bias: &[f32],
+    norm: &ChannelNorm,
+) -> (Vec<f32>, Vec<f32>) {
     let per_channel = weight.len() / bias.len();
     let weight = weight
         .chunks_exact(per_channel)

@@ -47,6 +47,7 @@ pub mod export;
 pub mod heatmap;
 pub mod infer;
 pub mod preprocess;
+pub mod quantize;
 pub mod reference;
 pub mod score;
 pub mod weights;

@@ -1,5 +1,7 @@
-//! `ustad`: the edge binary. Scores images with a model bundle; more subcommands (run, eval,
-//! bench, check-config) live beside `score` as the daemon grows.
+//! `ustad`: the edge binary. `run` is the daemon (camera or replay → reject line),
+//! `check-config` validates its configuration, `score` judges images, `eval` measures a bundle
+//! on a labelled test split and `bench` times it. The logic lives in the library; this file
+//! only parses arguments and reports errors.
 
 use std::path::{Path, PathBuf};
 

@@ -27,24 +27,39 @@ fn scores(engine: &mut Engine, files: &[PathBuf]) -> Result<Vec<f32>> {
     files
         .iter()
         .map(|f| {
-            let image = image::open(f).with_context(|| format!("{}: unreadable image", f.display()))?;
-            Ok(engine.analyze(&image).with_context(|| format!("{}: could not be scored", f.display()))?.score)
+            let image =
+                image::open(f).with_context(|| format!("{}: unreadable image", f.display()))?;
+            Ok(engine
+                .analyze(&image)
+                .with_context(|| format!("{}: could not be scored", f.display()))?
+                .score)
         })
         .collect()
 }
 
 /// Re-derives the threshold (and, with `recompute_statistics`, the e/v calibration) from
 /// `good`, reports escapes on `bad`, and rewrites `bundle.toml`.
-pub fn recalibrate(bundle_dir: &Path, good: &Path, bad: Option<&Path>, target_false_reject_rate: f64, margin: f32, recompute_statistics: bool) -> Result<RecalibrationReport> {
+pub fn recalibrate(
+    bundle_dir: &Path,
+    good: &Path,
+    bad: Option<&Path>,
+    target_false_reject_rate: f64,
+    margin: f32,
+    recompute_statistics: bool,
+) -> Result<RecalibrationReport> {
     let mut bundle = Bundle::load(bundle_dir)?;
     let previous_threshold = bundle.manifest.decision.threshold;
     let good_files = ustad::dataset::images_in(good)?;
     if recompute_statistics {
         let mut engine = Engine::load(bundle.clone(), EngineOptions::default())?;
         let n = bundle.manifest.scales.len();
-        let (mut e, mut v) = (vec![RunningStats::default(); n], vec![RunningStats::default(); n]);
+        let (mut e, mut v) = (
+            vec![RunningStats::default(); n],
+            vec![RunningStats::default(); n],
+        );
         for f in &good_files {
-            let image = image::open(f).with_context(|| format!("{}: unreadable image", f.display()))?;
+            let image =
+                image::open(f).with_context(|| format!("{}: unreadable image", f.display()))?;
             engine.analyze(&image)?;
             for (i, maps) in engine.scale_maps().iter().enumerate() {
                 e[i].extend(maps.error);
@@ -72,7 +87,10 @@ pub fn recalibrate(bundle_dir: &Path, good: &Path, bad: Option<&Path>, target_fa
         threshold: choice.threshold,
         rule: format!("{} (recalibrated on {})", choice.describe(), good.display()),
     };
-    bundle.manifest.provenance.extra.insert("recalibrated".into(), toml::Value::String(crate::fit::utc_now()));
+    bundle.manifest.provenance.extra.insert(
+        "recalibrated".into(),
+        toml::Value::String(crate::fit::utc_now()),
+    );
     bundle.save_manifest()?;
     Ok(RecalibrationReport {
         bundle: bundle_dir.to_path_buf(),

@@ -55,12 +55,18 @@ pub struct Preset {
     pub learning_rate: f64,
     pub scales: Vec<PresetScale>,
     pub image_score: ImageScoreRule,
+    /// Train on at most this many fit images (0 = all): bounds the training time of CPU presets.
+    #[serde(default)]
+    pub max_fit_images: usize,
 }
 
 /// Presets compiled into the binary; a path to a `.toml` file works too.
 const BUILTIN_PRESETS: [(&str, &str); 3] = [
     ("edge", include_str!("../../config/presets/edge.toml")),
-    ("edge-p65", include_str!("../../config/presets/edge-p65.toml")),
+    (
+        "edge-p65",
+        include_str!("../../config/presets/edge-p65.toml"),
+    ),
     ("paper", include_str!("../../config/presets/paper.toml")),
 ];
 
@@ -71,18 +77,27 @@ impl Preset {
             Some((name, text)) => (format!("built-in preset `{name}`"), text.to_string()),
             None if Path::new(name_or_path).is_file() => (
                 name_or_path.to_string(),
-                std::fs::read_to_string(name_or_path).with_context(|| format!("reading {name_or_path}"))?,
+                std::fs::read_to_string(name_or_path)
+                    .with_context(|| format!("reading {name_or_path}"))?,
             ),
             None => bail!(
                 "unknown preset `{name_or_path}` (built in: {}; or give a path to a preset .toml)",
                 BUILTIN_PRESETS.map(|(n, _)| n).join(", ")
             ),
         };
-        let preset: Preset = toml::from_str(&text).with_context(|| format!("{origin}: invalid preset"))?;
+        let preset: Preset =
+            toml::from_str(&text).with_context(|| format!("{origin}: invalid preset"))?;
         for scale in &preset.scales {
-            let arch = ustad::arch::Architecture::for_patch_size(scale.patch_size).with_context(|| format!("{origin}"))?;
-            arch.output_size(Mode::Image { stride: scale.stride }, preset.height, preset.width)
-                .with_context(|| format!("{origin}: scale p = {}", scale.patch_size))?;
+            let arch = ustad::arch::Architecture::for_patch_size(scale.patch_size)
+                .with_context(|| origin.clone())?;
+            arch.output_size(
+                Mode::Image {
+                    stride: scale.stride,
+                },
+                preset.height,
+                preset.width,
+            )
+            .with_context(|| format!("{origin}: scale p = {}", scale.patch_size))?;
         }
         Ok(preset)
     }
@@ -106,6 +121,8 @@ pub struct FitOptions {
     pub seed: u64,
     pub resume: bool,
     pub progress: bool,
+    /// Which graphs to export (f32 always; int8 QOperator graphs too unless `F32`).
+    pub precision: ustad::quantize::ExportPrecision,
 }
 
 /// What a fit measured.
@@ -133,7 +150,8 @@ fn load_inputs(paths: &[PathBuf], spec: &InputSpec, bar: &ProgressBar) -> Result
     paths
         .par_iter()
         .map(|path| {
-            let image = image::open(path).with_context(|| format!("{}: unreadable image", path.display()))?;
+            let image = image::open(path)
+                .with_context(|| format!("{}: unreadable image", path.display()))?;
             bar.inc(1);
             Ok(ustad::preprocess::to_input(&image, spec))
         })
@@ -141,13 +159,24 @@ fn load_inputs(paths: &[PathBuf], spec: &InputSpec, bar: &ProgressBar) -> Result
 }
 
 fn bar(len: usize, progress: bool, template: &str) -> ProgressBar {
-    let bar = if progress { ProgressBar::new(len as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let bar = if progress {
+        ProgressBar::new(len as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     bar
 }
 
 /// Runs an exported network on many inputs with tract, one state per worker.
-fn run_network(path: &Path, inputs: &[Vec<f32>], height: usize, width: usize) -> Result<Vec<Vec<f32>>> {
+fn run_network(
+    path: &Path,
+    inputs: &[Vec<f32>],
+    height: usize,
+    width: usize,
+) -> Result<Vec<Vec<f32>>> {
     let plan = tract_onnx::onnx()
         .model_for_path(path)
         .and_then(|m| m.into_optimized())
@@ -156,10 +185,18 @@ fn run_network(path: &Path, inputs: &[Vec<f32>], height: usize, width: usize) ->
     inputs
         .par_iter()
         .map(|input| {
-            let tensor = tract_onnx::prelude::Tensor::from_shape(&[1, 3, height, width], input).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-            let out = plan.run(tvec![tensor.into_tvalue()]).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
-            let view = out[0].try_as_plain_ram().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-            Ok(view.as_slice::<f32>().map_err(|e| anyhow::anyhow!("{e:#}"))?.to_vec())
+            let tensor = tract_onnx::prelude::Tensor::from_shape(&[1, 3, height, width], input)
+                .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let out = plan
+                .run(tvec![tensor.into_tvalue()])
+                .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+            let view = out[0]
+                .try_as_plain_ram()
+                .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            Ok(view
+                .as_slice::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:#}"))?
+                .to_vec())
         })
         .collect()
 }
@@ -188,7 +225,10 @@ pub fn channel_statistics(maps: &[Vec<f32>], channels: usize) -> ChannelNorm {
     ChannelNorm {
         mean: total.iter().map(|s| s.mean() as f32).collect(),
         // A dead channel (σ = 0) would divide by zero: it carries no information, keep it at 1.
-        std: total.iter().map(|s| if s.std() > 1e-6 { s.std() as f32 } else { 1.0 }).collect(),
+        std: total
+            .iter()
+            .map(|s| if s.std() > 1e-6 { s.std() as f32 } else { 1.0 })
+            .collect(),
     }
 }
 
@@ -203,7 +243,8 @@ fn flip_input(input: &[f32], height: usize, width: usize, channels: usize) -> Ve
     for c in 0..channels {
         for y in 0..height {
             for x in 0..width {
-                out[(c * height + y) * width + x] = input[(c * height + y) * width + (width - 1 - x)];
+                out[(c * height + y) * width + x] =
+                    input[(c * height + y) * width + (width - 1 - x)];
             }
         }
     }
@@ -225,23 +266,40 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
     let (width, height) = (preset.width, preset.height);
     let spec = InputSpec::imagenet(width, height);
     let good = options.data.join("train/good");
-    let mut paths = ustad::dataset::images_in(&good).with_context(|| format!("{}: expected MVTec AD layout (train/good)", options.data.display()))?;
+    let mut paths = ustad::dataset::images_in(&good).with_context(|| {
+        format!(
+            "{}: expected MVTec AD layout (train/good)",
+            options.data.display()
+        )
+    })?;
     if paths.len() < 4 {
-        bail!("{}: {} images; fitting needs at least 4 good images", good.display(), paths.len());
+        bail!(
+            "{}: {} images; fitting needs at least 4 good images",
+            good.display(),
+            paths.len()
+        );
     }
     if !(0.0..1.0).contains(&options.validation_fraction) || options.validation_fraction == 0.0 {
         bail!("--validation-fraction must be in (0, 1)");
     }
     if preset.students < 2 {
-        bail!("preset {}: at least 2 students are needed for the variance", preset.name);
+        bail!(
+            "preset {}: at least 2 students are needed for the variance",
+            preset.name
+        );
     }
     paths.shuffle(&mut StdRng::seed_from_u64(options.seed));
-    let n_val = ((paths.len() as f64 * options.validation_fraction).ceil() as usize).clamp(1, paths.len() - 1);
+    let n_val = ((paths.len() as f64 * options.validation_fraction).ceil() as usize)
+        .clamp(1, paths.len() - 1);
     let val_paths = paths.split_off(paths.len() - n_val);
     if options.max_fit_images > 0 {
         paths.truncate(options.max_fit_images);
     }
-    let loading = bar(paths.len() + val_paths.len(), options.progress, "loading {pos}/{len} {bar:30} {per_sec}");
+    let loading = bar(
+        paths.len() + val_paths.len(),
+        options.progress,
+        "loading {pos}/{len} {bar:30} {per_sec}",
+    );
     let fit_images = Images {
         inputs: load_inputs(&paths, &spec, &loading)?,
         paths,
@@ -264,7 +322,12 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
     // Fit inputs, plus mirrored copies for symmetric parts.
     let mut train_inputs = fit_images.inputs.clone();
     if options.symmetric {
-        train_inputs.extend(fit_images.inputs.iter().map(|i| flip_input(i, height, width, 3)));
+        train_inputs.extend(
+            fit_images
+                .inputs
+                .iter()
+                .map(|i| flip_input(i, height, width, 3)),
+        );
     }
 
     let mut teachers = Vec::new();
@@ -274,7 +337,9 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
     device.seed(options.seed);
     for (scale_index, scale) in preset.scales.iter().enumerate() {
         let p = scale.patch_size;
-        let mode = Mode::Image { stride: scale.stride };
+        let mode = Mode::Image {
+            stride: scale.stride,
+        };
         let teacher_path = options.teachers.join(format!("p{p}.ustw"));
         let teacher = NetworkWeights::load(&teacher_path).with_context(|| format!("loading the p = {p} teacher (train one with `ustad-train teacher --patch-size {p}`)"))?;
         let graph_path = work.join(format!("p{p}-s{}-teacher-raw.onnx", scale.stride));
@@ -291,9 +356,14 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
         let t0 = Instant::now();
         let raw = run_network(&graph_path, &train_inputs, height, width)?;
         let norm = channel_statistics(&raw, DESCRIPTOR_DIM);
-        log::info!("p = {p}: teacher maps and statistics of {} images in {:.1} s", raw.len(), t0.elapsed().as_secs_f64());
+        log::info!(
+            "p = {p}: teacher maps and statistics of {} images in {:.1} s",
+            raw.len(),
+            t0.elapsed().as_secs_f64()
+        );
         let pixels = raw[0].len() / DESCRIPTOR_DIM;
-        let (mh, mw) = ustad::arch::Architecture::for_patch_size(p)?.output_size(mode, height, width)?;
+        let (mh, mw) =
+            ustad::arch::Architecture::for_patch_size(p)?.output_size(mode, height, width)?;
         let targets: Vec<Vec<f32>> = raw
             .into_iter()
             .map(|mut map| {
@@ -308,7 +378,9 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
 
         let ckpt = work.join(format!("scale{scale_index}"));
         let mut ensemble = Ensemble {
-            students: (0..preset.students).map(|_| PatchNet::new(p, device)).collect::<Result<_, _>>()?,
+            students: (0..preset.students)
+                .map(|_| PatchNet::new(p, device))
+                .collect::<Result<_, _>>()?,
         };
         let mut optimizer = AdamConfig::new()
             .with_weight_decay(Some(WeightDecayConfig::new(options.weight_decay as f32)))
@@ -316,23 +388,40 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
         let mut start_epoch = 0;
         let mut losses: Vec<Vec<f32>> = Vec::new();
         if options.resume && ckpt.join("state.json").is_file() {
-            let state: FitCheckpoint = serde_json::from_slice(&std::fs::read(ckpt.join("state.json"))?).with_context(|| format!("{}: bad checkpoint", ckpt.display()))?;
+            let state: FitCheckpoint =
+                serde_json::from_slice(&std::fs::read(ckpt.join("state.json"))?)
+                    .with_context(|| format!("{}: bad checkpoint", ckpt.display()))?;
             if state.seed != options.seed {
-                bail!("{}: checkpoint has seed {}, asked {}", ckpt.display(), state.seed, options.seed);
+                bail!(
+                    "{}: checkpoint has seed {}, asked {}",
+                    ckpt.display(),
+                    state.seed,
+                    options.seed
+                );
             }
-            ensemble = ensemble.try_load_file(ckpt.join("students.bpk")).map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("students.bpk").display()))?;
-            optimizer = optimizer.load(ckpt.join("optimizer.bpk")).map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("optimizer.bpk").display()))?;
+            ensemble = ensemble
+                .try_load_file(ckpt.join("students.bpk"))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("students.bpk").display()))?;
+            optimizer = optimizer
+                .load(ckpt.join("optimizer.bpk"))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("optimizer.bpk").display()))?;
             start_epoch = state.epoch;
             losses = state.losses;
             log::info!("p = {p}: resumed after epoch {start_epoch}");
         }
         let steps_per_epoch = train_inputs.len().div_ceil(preset.batch);
-        let training = bar(preset.epochs * steps_per_epoch, options.progress, "students p={prefix} {pos}/{len} {bar:25} {per_sec} eta {eta} {msg}");
+        let training = bar(
+            preset.epochs * steps_per_epoch,
+            options.progress,
+            "students p={prefix} {pos}/{len} {bar:25} {per_sec} eta {eta} {msg}",
+        );
         training.set_prefix(p.to_string());
         training.set_position((start_epoch * steps_per_epoch) as u64);
         for epoch in start_epoch..preset.epochs {
             let mut order: Vec<usize> = (0..train_inputs.len()).collect();
-            order.shuffle(&mut StdRng::seed_from_u64(options.seed ^ ((epoch as u64 + 1) * 0x9E37_79B9)));
+            order.shuffle(&mut StdRng::seed_from_u64(
+                options.seed ^ ((epoch as u64 + 1) * 0x9E37_79B9),
+            ));
             let mut epoch_loss = vec![0.0f64; preset.students];
             for batch in order.chunks(preset.batch) {
                 let b = batch.len();
@@ -342,8 +431,10 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
                     x.extend_from_slice(&train_inputs[i]);
                     y.extend_from_slice(&targets[i]);
                 }
-                let x: Tensor<4> = Tensor::from_data(TensorData::new(x, [b, 3, height, width]), device);
-                let y: Tensor<4> = Tensor::from_data(TensorData::new(y, [b, DESCRIPTOR_DIM, mh, mw]), device);
+                let x: Tensor<4> =
+                    Tensor::from_data(TensorData::new(x, [b, 3, height, width]), device);
+                let y: Tensor<4> =
+                    Tensor::from_data(TensorData::new(y, [b, DESCRIPTOR_DIM, mh, mw]), device);
                 let mut total: Option<Tensor<1>> = None;
                 let mut values = Vec::with_capacity(preset.students);
                 for student in &ensemble.students {
@@ -356,22 +447,41 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
                         None => loss,
                     });
                 }
-                let Some(total) = total else { bail!("no students") };
+                let Some(total) = total else {
+                    bail!("no students")
+                };
                 let grads = GradientsParams::from_grads(total.backward(), &ensemble);
                 ensemble = optimizer.step(preset.learning_rate, ensemble, grads);
                 if values.iter().any(|v| !v.is_finite()) {
-                    bail!("p = {p}: student training diverged in epoch {} (losses {values:?})", epoch + 1);
+                    bail!(
+                        "p = {p}: student training diverged in epoch {} (losses {values:?})",
+                        epoch + 1
+                    );
                 }
                 for (e, v) in epoch_loss.iter_mut().zip(&values) {
                     *e += *v as f64 * b as f64;
                 }
-                training.set_message(format!("epoch {} loss {:.3}", epoch + 1, values.iter().sum::<f32>() / values.len() as f32));
+                training.set_message(format!(
+                    "epoch {} loss {:.3}",
+                    epoch + 1,
+                    values.iter().sum::<f32>() / values.len() as f32
+                ));
                 training.inc(1);
             }
-            losses.push(epoch_loss.iter().map(|l| (*l / train_inputs.len() as f64) as f32).collect());
+            losses.push(
+                epoch_loss
+                    .iter()
+                    .map(|l| (*l / train_inputs.len() as f64) as f32)
+                    .collect(),
+            );
             std::fs::create_dir_all(&ckpt)?;
-            ensemble.clone().save_file(ckpt.join("students.bpk")).map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.display()))?;
-            optimizer.save(ckpt.join("optimizer.bpk")).map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.display()))?;
+            ensemble
+                .clone()
+                .save_file(ckpt.join("students.bpk"))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.display()))?;
+            optimizer
+                .save(ckpt.join("optimizer.bpk"))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.display()))?;
             let state = FitCheckpoint {
                 scale: scale_index,
                 epoch: epoch + 1,
@@ -379,7 +489,11 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
                 losses: losses.clone(),
             };
             std::fs::write(ckpt.join("state.json"), serde_json::to_vec(&state)?)?;
-            log::info!("p = {p}: epoch {} student losses {:?}", epoch + 1, losses.last());
+            log::info!(
+                "p = {p}: epoch {} student losses {:?}",
+                epoch + 1,
+                losses.last()
+            );
         }
         training.finish_and_clear();
         all_losses.push(losses.last().cloned().unwrap_or_default());
@@ -390,14 +504,20 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
 
     // Export with identity calibration, measure e and v on validation images with the
     // exported bundle itself, then calibrate and pick the threshold.
-    let student_weights: Vec<Vec<NetworkWeights>> = ensembles.iter().map(|e| e.students.iter().map(|s| s.to_weights()).collect()).collect();
+    let student_weights: Vec<Vec<NetworkWeights>> = ensembles
+        .iter()
+        .map(|e| e.students.iter().map(|s| s.to_weights()).collect())
+        .collect();
     let provenance = Provenance {
         dataset: options.data.display().to_string(),
         created: utc_now(),
         trainer_version: env!("CARGO_PKG_VERSION").into(),
         ..Default::default()
     };
-    let export = |calibrations: &[Calibration], decision: Decision, provenance: Provenance| -> Result<Bundle> {
+    let export = |calibrations: &[Calibration],
+                  decision: Decision,
+                  provenance: Provenance|
+     -> Result<Bundle> {
         let scales: Vec<ScaleExport<'_>> = preset
             .scales
             .iter()
@@ -410,7 +530,14 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
                 calibration: calibrations[i],
             })
             .collect();
-        Ok(write_bundle(out, spec.clone(), &scales, preset.image_score, decision, provenance)?)
+        Ok(write_bundle(
+            out,
+            spec.clone(),
+            &scales,
+            preset.image_score,
+            decision,
+            provenance,
+        )?)
     };
     let identity = vec![Calibration::IDENTITY; preset.scales.len()];
     let placeholder = Decision {
@@ -421,7 +548,11 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
     let mut engine = Engine::load(bundle, EngineOptions::default())?;
     let mut e_stats = vec![RunningStats::default(); preset.scales.len()];
     let mut v_stats = vec![RunningStats::default(); preset.scales.len()];
-    let calibrating = bar(val_images.inputs.len() * 2, options.progress, "calibrating {pos}/{len} {bar:30} {per_sec}");
+    let calibrating = bar(
+        val_images.inputs.len() * 2,
+        options.progress,
+        "calibrating {pos}/{len} {bar:30} {per_sec}",
+    );
     for input in &val_images.inputs {
         engine.analyze_input(input)?;
         for (i, maps) in engine.scale_maps().iter().enumerate() {
@@ -457,15 +588,32 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
     let mut parity_count = 0usize;
     for input in &val_images.inputs[..parity_images] {
         engine.analyze_input(input)?;
-        let maps: Vec<(Vec<f32>, Vec<f32>)> = engine.scale_maps().iter().map(|m| (m.error.to_vec(), m.variance.to_vec())).collect();
+        let maps: Vec<(Vec<f32>, Vec<f32>)> = engine
+            .scale_maps()
+            .iter()
+            .map(|m| (m.error.to_vec(), m.variance.to_vec()))
+            .collect();
         for (i, scale) in preset.scales.iter().enumerate() {
-            let mode = Mode::Image { stride: scale.stride };
-            let x: Tensor<4> = Tensor::from_data(TensorData::new(input.clone(), [1, 3, height, width]), device);
+            let mode = Mode::Image {
+                stride: scale.stride,
+            };
+            let x: Tensor<4> = Tensor::from_data(
+                TensorData::new(input.clone(), [1, 3, height, width]),
+                device,
+            );
             let teacher = PatchNet::from_weights(&teachers[i], device)?;
             let t = crate::net::to_vec(teacher.forward(x.clone(), mode)?);
             let pixels = t.len() / DESCRIPTOR_DIM;
-            let t: Vec<f32> = t.iter().enumerate().map(|(k, v)| (v - norms[i].mean[k / pixels]) / norms[i].std[k / pixels]).collect();
-            let students: Vec<Vec<f32>> = ensembles[i].students.iter().map(|s| s.forward(x.clone(), mode).map(crate::net::to_vec)).collect::<Result<_, _>>()?;
+            let t: Vec<f32> = t
+                .iter()
+                .enumerate()
+                .map(|(k, v)| (v - norms[i].mean[k / pixels]) / norms[i].std[k / pixels])
+                .collect();
+            let students: Vec<Vec<f32>> = ensembles[i]
+                .students
+                .iter()
+                .map(|s| s.forward(x.clone(), mode).map(crate::net::to_vec))
+                .collect::<Result<_, _>>()?;
             let refs: Vec<&[f32]> = students.iter().map(|s| s.as_slice()).collect();
             let (mut e, mut v) = (vec![0.0; pixels], vec![0.0; pixels]);
             ustad::score::error_and_variance(&t, &refs, DESCRIPTOR_DIM, &mut e, &mut v);
@@ -485,28 +633,161 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
     let mut provenance = provenance;
     let extra = &mut provenance.extra;
     extra.insert("preset".into(), toml::Value::String(preset.name.clone()));
-    extra.insert("fit_images".into(), toml::Value::Integer(fit_images.paths.len() as i64));
-    extra.insert("validation_images".into(), toml::Value::Integer(val_images.paths.len() as i64));
+    extra.insert(
+        "fit_images".into(),
+        toml::Value::Integer(fit_images.paths.len() as i64),
+    );
+    extra.insert(
+        "validation_images".into(),
+        toml::Value::Integer(val_images.paths.len() as i64),
+    );
     extra.insert("epochs".into(), toml::Value::Integer(preset.epochs as i64));
     extra.insert("symmetric".into(), toml::Value::Boolean(options.symmetric));
     extra.insert("seed".into(), toml::Value::Integer(options.seed as i64));
     extra.insert(
         "teachers".into(),
-        toml::Value::Array(preset.scales.iter().map(|s| toml::Value::String(options.teachers.join(format!("p{}.ustw", s.patch_size)).display().to_string())).collect()),
+        toml::Value::Array(
+            preset
+                .scales
+                .iter()
+                .map(|s| {
+                    toml::Value::String(
+                        options
+                            .teachers
+                            .join(format!("p{}.ustw", s.patch_size))
+                            .display()
+                            .to_string(),
+                    )
+                })
+                .collect(),
+        ),
     );
     extra.insert(
         "final_student_losses".into(),
-        toml::Value::Array(all_losses.iter().flatten().map(|l| toml::Value::Float(*l as f64)).collect()),
+        toml::Value::Array(
+            all_losses
+                .iter()
+                .flatten()
+                .map(|l| toml::Value::Float(*l as f64))
+                .collect(),
+        ),
     );
-    extra.insert("parity_f32_max_abs".into(), toml::Value::Float(parity_max as f64));
-    extra.insert("parity_f32_mean_abs".into(), toml::Value::Float(parity_mean as f64));
-    extra.insert("parity_images".into(), toml::Value::Integer(parity_images as i64));
-    extra.insert("validation_false_reject_rate".into(), toml::Value::Float(choice.false_reject_rate_on_calibration));
+    extra.insert(
+        "parity_f32_max_abs".into(),
+        toml::Value::Float(parity_max as f64),
+    );
+    extra.insert(
+        "parity_f32_mean_abs".into(),
+        toml::Value::Float(parity_mean as f64),
+    );
+    extra.insert(
+        "parity_images".into(),
+        toml::Value::Integer(parity_images as i64),
+    );
+    extra.insert(
+        "validation_false_reject_rate".into(),
+        toml::Value::Float(choice.false_reject_rate_on_calibration),
+    );
     let decision = Decision {
         threshold: choice.threshold,
         rule: choice.describe(),
     };
     export(&calibrations, decision, provenance)?;
+    // --- int8 export (quantize.rs) ---
+    // QOperator graphs calibrated on up to 32 fit images, validated by `Bundle::load`, then a
+    // parity report (f32 vs int8 bundle, both run by tract) into the provenance.
+    if options.precision.int8() {
+        use ustad::bundle::{NetworkFiles, Precision};
+        use ustad::quantize::{activation_ranges, int8_graph};
+        let calibration = &fit_images.inputs[..fit_images.inputs.len().min(32)];
+        let mut bundle = Bundle::load(out)?;
+        for (i, scale) in preset.scales.iter().enumerate() {
+            let (p, s) = (scale.patch_size, scale.stride);
+            let graph_spec = |norm: Option<ChannelNorm>| GraphSpec {
+                height,
+                width,
+                mode: Mode::Image { stride: s },
+                output_norm: norm,
+            };
+            let write =
+                |weights: &NetworkWeights, graph: GraphSpec, file: String| -> Result<String> {
+                    let ranges = activation_ranges(weights, &graph, calibration)?;
+                    save_model(&int8_graph(weights, &graph, &ranges)?, &out.join(&file))?;
+                    Ok(file)
+                };
+            let teacher = write(
+                &teachers[i],
+                graph_spec(Some(norms[i].clone())),
+                format!("p{p}-s{s}-teacher-int8.onnx"),
+            )?;
+            let students = student_weights[i]
+                .iter()
+                .enumerate()
+                .map(|(k, w)| {
+                    write(
+                        w,
+                        graph_spec(None),
+                        format!("p{p}-s{s}-student{k}-int8.onnx"),
+                    )
+                })
+                .collect::<Result<_>>()?;
+            bundle.manifest.scales[i].int8 = Some(NetworkFiles { teacher, students });
+        }
+        bundle.save_manifest()?;
+        let bundle = Bundle::load(out)?;
+        let mut f32_engine = Engine::load(bundle.clone(), EngineOptions::default())?;
+        let mut int8_engine = Engine::load(
+            bundle.clone(),
+            EngineOptions {
+                precision: Precision::Int8,
+                ..EngineOptions::default()
+            },
+        )?;
+        let images = &val_images.inputs[..val_images.inputs.len().min(8)];
+        let (mut map_max, mut map_sum, mut count, mut score_max) = (0.0f32, 0.0f64, 0usize, 0.0f32);
+        let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+        for input in images {
+            let a = f32_engine.analyze_input(input)?;
+            let (a_map, a_score) = (a.map.to_vec(), a.score);
+            let b = int8_engine.analyze_input(input)?;
+            score_max = score_max.max((a_score - b.score).abs());
+            for (x, y) in a_map.iter().zip(b.map) {
+                let d = (x - y).abs();
+                map_max = map_max.max(d);
+                map_sum += d as f64;
+                lo = lo.min(*x);
+                hi = hi.max(*x);
+            }
+            count += a_map.len();
+        }
+        let map_mean = (map_sum / count.max(1) as f64) as f32;
+        let spread = (hi - lo).max(f32::MIN_POSITIVE);
+        let mut bundle = bundle;
+        let extra = &mut bundle.manifest.provenance.extra;
+        for (key, value) in [
+            ("parity_int8_map_max_abs", map_max),
+            ("parity_int8_map_mean_abs", map_mean),
+            ("parity_int8_map_max_rel_spread", map_max / spread),
+            ("parity_int8_map_mean_rel_spread", map_mean / spread),
+            ("parity_int8_score_max_abs", score_max),
+        ] {
+            extra.insert(key.into(), toml::Value::Float(value as f64));
+        }
+        extra.insert(
+            "parity_int8_images".into(),
+            toml::Value::Integer(images.len() as i64),
+        );
+        extra.insert(
+            "int8_calibration_images".into(),
+            toml::Value::Integer(calibration.len() as i64),
+        );
+        bundle.save_manifest()?;
+        log::info!(
+            "int8 parity on {} images: map max {map_max:.4} mean {map_mean:.4} (f32 map spread {spread:.4}), score max {score_max:.4}",
+            images.len()
+        );
+    }
+    // --- end int8 export ---
     std::fs::remove_dir_all(work.join("p")).ok();
     for entry in std::fs::read_dir(&work)?.flatten() {
         if entry.path().extension().is_some_and(|e| e == "onnx") {
@@ -529,7 +810,10 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` without a date crate (civil-from-days, H. Hinnant).
 pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -540,5 +824,10 @@ pub fn utc_now() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }

@@ -71,9 +71,9 @@ struct FitArgs {
     /// The part looks the same mirrored left-right: also train on flipped images.
     #[arg(long)]
     symmetric: bool,
-    /// Use at most N fit images (0 = all): for quick trials.
-    #[arg(long, default_value_t = 0)]
-    max_fit_images: usize,
+    /// Use at most N fit images (0 = all); default: the preset's limit.
+    #[arg(long)]
+    max_fit_images: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Continue from the checkpoints in OUT/.work.
@@ -81,6 +81,9 @@ struct FitArgs {
     resume: bool,
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceKind,
+    /// Graphs to export: f32 only, or f32 plus int8 QOperator graphs (`int8` and `both` alike).
+    #[arg(long, value_enum, default_value = "both")]
+    precision: ustad::quantize::ExportPrecision,
 }
 
 #[derive(Args)]
@@ -202,6 +205,7 @@ fn main() -> Result<()> {
             preset.epochs = a.epochs.unwrap_or(preset.epochs);
             preset.batch = a.batch.unwrap_or(preset.batch);
             preset.learning_rate = a.learning_rate.unwrap_or(preset.learning_rate);
+            let max_fit_images = a.max_fit_images.unwrap_or(preset.max_fit_images);
             let options = ustad_train::fit::FitOptions {
                 data: a.data,
                 out: a.out,
@@ -212,16 +216,24 @@ fn main() -> Result<()> {
                 margin: a.margin,
                 weight_decay: a.weight_decay,
                 symmetric: a.symmetric,
-                max_fit_images: a.max_fit_images,
+                max_fit_images,
                 seed: a.seed,
                 resume: a.resume,
                 progress: true,
+                precision: a.precision,
             };
             let report = ustad_train::fit::fit(&options, &device)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Calibrate(a) => {
-            let report = ustad_train::calibrate::recalibrate(&a.bundle, &a.good, a.bad.as_deref(), a.target_frr, a.margin, a.recompute_statistics)?;
+            let report = ustad_train::calibrate::recalibrate(
+                &a.bundle,
+                &a.good,
+                a.bad.as_deref(),
+                a.target_frr,
+                a.margin,
+                a.recompute_statistics,
+            )?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Arch => {

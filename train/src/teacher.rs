@@ -496,9 +496,17 @@ pub fn train_teacher(options: &TeacherOptions, device: &Device) -> Result<Teache
     // Start the decoder at the mean target: the first steps then learn structure, not the
     // offset (which otherwise dominates a short CPU run).
     let target_mean: Vec<f32> = (0..train_set.dim)
-        .map(|d| (0..train_set.patches.len()).map(|i| train_set.targets[i * train_set.dim + d]).sum::<f32>() / train_set.patches.len() as f32)
+        .map(|d| {
+            (0..train_set.patches.len())
+                .map(|i| train_set.targets[i * train_set.dim + d])
+                .sum::<f32>()
+                / train_set.patches.len() as f32
+        })
         .collect();
-    model.decoder.bias = Some(Param::from_tensor(Tensor::from_data(TensorData::new(target_mean, [train_set.dim]), device)));
+    model.decoder.bias = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(target_mean, [train_set.dim]),
+        device,
+    )));
     let random_teacher = PatchNet::new(p, device)?;
     let mut optimizer = AdamConfig::new()
         .with_weight_decay(Some(WeightDecayConfig::new(options.weight_decay as f32)))

@@ -51,7 +51,10 @@ top_fraction = 0.01
 fn options(root: &Path, data: PathBuf) -> FitOptions {
     let teachers = root.join("teachers");
     std::fs::create_dir_all(&teachers).unwrap();
-    NetworkWeights::random(33, 5).unwrap().save(&teachers.join("p33.ustw")).unwrap();
+    NetworkWeights::random(33, 5)
+        .unwrap()
+        .save(&teachers.join("p33.ustw"))
+        .unwrap();
     FitOptions {
         data,
         out: root.join("bundle"),
@@ -66,6 +69,7 @@ fn options(root: &Path, data: PathBuf) -> FitOptions {
         seed: 3,
         resume: false,
         progress: false,
+        precision: ustad::quantize::ExportPrecision::Both,
     }
 }
 
@@ -78,12 +82,23 @@ fn statistics_match_a_direct_computation() {
     ];
     let norm = channel_statistics(&maps, 3);
     for c in 0..3 {
-        let values: Vec<f64> = maps.iter().flat_map(|m| m[c * 4..(c + 1) * 4].iter().map(|&v| v as f64)).collect();
+        let values: Vec<f64> = maps
+            .iter()
+            .flat_map(|m| m[c * 4..(c + 1) * 4].iter().map(|&v| v as f64))
+            .collect();
         let mean = values.iter().sum::<f64>() / values.len() as f64;
-        let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64).sqrt();
-        assert!((norm.mean[c] as f64 - mean).abs() < 1e-6, "channel {c} mean");
+        let std =
+            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64).sqrt();
+        assert!(
+            (norm.mean[c] as f64 - mean).abs() < 1e-6,
+            "channel {c} mean"
+        );
         let want_std = if std > 1e-6 { std } else { 1.0 };
-        assert!((norm.std[c] as f64 - want_std).abs() < 1e-6, "channel {c} std {} vs {want_std}", norm.std[c]);
+        assert!(
+            (norm.std[c] as f64 - want_std).abs() < 1e-6,
+            "channel {c} std {} vs {want_std}",
+            norm.std[c]
+        );
     }
 }
 
@@ -94,7 +109,11 @@ fn fit_exports_a_calibrated_bundle_that_scores_like_the_trainer() {
     let options = options(dir.path(), data);
     let report = fit(&options, &Device::flex().autodiff()).unwrap();
     assert_eq!((report.fit_images, report.validation_images), (7, 3));
-    assert!(report.parity_max_abs < 1e-3, "burn vs tract parity {}", report.parity_max_abs);
+    assert!(
+        report.parity_max_abs < 1e-3,
+        "burn vs tract parity {}",
+        report.parity_max_abs
+    );
 
     let bundle = Bundle::load(&options.out).unwrap();
     let scale = &bundle.manifest.scales[0];
@@ -103,9 +122,18 @@ fn fit_exports_a_calibrated_bundle_that_scores_like_the_trainer() {
     // The threshold is what the rule gives on the validation images' scores.
     let mut engine = Engine::load(bundle.clone(), EngineOptions::default()).unwrap();
     let scores: Vec<f32> = report_validation_scores(&mut engine, &options);
-    let want = threshold_from_good(&scores, options.target_false_reject_rate, options.margin).unwrap();
-    assert!((bundle.manifest.decision.threshold - want.threshold).abs() < 1e-4, "{} vs {}", bundle.manifest.decision.threshold, want.threshold);
-    assert_eq!(bundle.manifest.provenance.extra["preset"].as_str(), Some("tiny"));
+    let want =
+        threshold_from_good(&scores, options.target_false_reject_rate, options.margin).unwrap();
+    assert!(
+        (bundle.manifest.decision.threshold - want.threshold).abs() < 1e-4,
+        "{} vs {}",
+        bundle.manifest.decision.threshold,
+        want.threshold
+    );
+    assert_eq!(
+        bundle.manifest.provenance.extra["preset"].as_str(),
+        Some("tiny")
+    );
 }
 
 /// The validation split is the last `n` of the seeded shuffle: recompute it as `fit` does.
@@ -114,7 +142,8 @@ fn report_validation_scores(engine: &mut Engine, options: &FitOptions) -> Vec<f3
     use rand::seq::SliceRandom;
     let mut paths = ustad::dataset::images_in(&options.data.join("train/good")).unwrap();
     paths.shuffle(&mut rand::rngs::StdRng::seed_from_u64(options.seed));
-    let n_val = ((paths.len() as f64 * options.validation_fraction).ceil() as usize).clamp(1, paths.len() - 1);
+    let n_val = ((paths.len() as f64 * options.validation_fraction).ceil() as usize)
+        .clamp(1, paths.len() - 1);
     paths[paths.len() - n_val..]
         .iter()
         .map(|p| engine.analyze(&image::open(p).unwrap()).unwrap().score)
@@ -126,12 +155,28 @@ fn empty_and_unreadable_datasets_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(empty.join("train/good")).unwrap();
-    let err = format!("{:#}", fit(&options(dir.path(), empty.clone()), &Device::flex().autodiff()).unwrap_err());
-    assert!(err.contains("no images") && err.contains("train/good"), "{err}");
+    let err = format!(
+        "{:#}",
+        fit(
+            &options(dir.path(), empty.clone()),
+            &Device::flex().autodiff()
+        )
+        .unwrap_err()
+    );
+    assert!(
+        err.contains("no images") && err.contains("train/good"),
+        "{err}"
+    );
 
     let data = tiny_dataset(&dir.path().join("broken"), 6);
     let bad = data.join("train/good/zz_truncated.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\n truncated").unwrap();
-    let err = format!("{:#}", fit(&options(dir.path(), data), &Device::flex().autodiff()).unwrap_err());
-    assert!(err.contains("zz_truncated.png") && err.contains("unreadable"), "{err}");
+    let err = format!(
+        "{:#}",
+        fit(&options(dir.path(), data), &Device::flex().autodiff()).unwrap_err()
+    );
+    assert!(
+        err.contains("zz_truncated.png") && err.contains("unreadable"),
+        "{err}"
+    );
 }

@@ -65,8 +65,14 @@ fn compactness_is_zero_for_decorrelated_and_positive_for_correlated_descriptors(
     let device = Device::flex();
     // Columns 1..=128 of a 256×256 Hadamard matrix: zero mean and mutually orthogonal.
     let h = hadamard(256);
-    let decorrelated: Vec<f32> = (0..256).flat_map(|r| (1..=128).map(move |c| (r, c))).map(|(r, c)| h[r][c]).collect();
-    let loss = compactness_loss(Tensor::from_data(TensorData::new(decorrelated.clone(), [256, 128]), &device));
+    let decorrelated: Vec<f32> = (0..256)
+        .flat_map(|r| (1..=128).map(move |c| (r, c)))
+        .map(|(r, c)| h[r][c])
+        .collect();
+    let loss = compactness_loss(Tensor::from_data(
+        TensorData::new(decorrelated.clone(), [256, 128]),
+        &device,
+    ));
     let value = loss.into_data().try_into_vec::<f32>().unwrap()[0];
     assert!(value.abs() < 1e-6, "decorrelated: {value}");
 
@@ -75,7 +81,10 @@ fn compactness_is_zero_for_decorrelated_and_positive_for_correlated_descriptors(
     for r in 0..256 {
         correlated[r * 128 + 1] = correlated[r * 128] + 0.1 * correlated[r * 128 + 2];
     }
-    let loss = compactness_loss(Tensor::from_data(TensorData::new(correlated, [256, 128]), &device));
+    let loss = compactness_loss(Tensor::from_data(
+        TensorData::new(correlated, [256, 128]),
+        &device,
+    ));
     let value = loss.into_data().try_into_vec::<f32>().unwrap()[0];
     assert!(value > 1.0, "correlated: {value}");
 }
@@ -141,11 +150,17 @@ fn bad_backbone_and_empty_corpus_are_clear_errors() {
     std::fs::write(&bogus, b"this is not onnx").unwrap();
     let options = TeacherOptions {
         backbone: bogus.clone(),
-        backbone_config: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/backbones/efficientnet_lite0_imagenet.toml")),
+        backbone_config: Some(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../models/backbones/efficientnet_lite0_imagenet.toml"),
+        ),
         ..tiny_options(dir.path(), images, 1)
     };
     let err = format!("{:#}", train_teacher(&options, &device).unwrap_err());
-    assert!(err.contains("bogus.onnx") && err.contains("not a usable backbone"), "{err}");
+    assert!(
+        err.contains("bogus.onnx") && err.contains("not a usable backbone"),
+        "{err}"
+    );
 
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
