@@ -112,6 +112,11 @@ pub struct ImageScoreRule {
     /// Mean of the top `top_fraction` pixels of the smoothed map; a fraction small enough to
     /// cover one pixel is the maximum.
     pub top_fraction: f32,
+    /// Pixels along each edge (input resolution) left out of the image score. Zero padding
+    /// makes the map least reliable within half a receptive field of the border; a defect that
+    /// matters is seen from the interior, so short CPU-trained students need this margin.
+    #[serde(default)]
+    pub border: usize,
 }
 
 impl Default for ImageScoreRule {
@@ -119,6 +124,7 @@ impl Default for ImageScoreRule {
         Self {
             smoothing_sigma: 4.0,
             top_fraction: 0.001,
+            border: 0,
         }
     }
 }
@@ -332,6 +338,15 @@ impl Bundle {
             return Err(field(
                 "image_score.top_fraction".into(),
                 "must be in (0, 1]".into(),
+            ));
+        }
+        if 2 * rule.border >= m.input.width.min(m.input.height) {
+            return Err(field(
+                "image_score.border".into(),
+                format!(
+                    "{} px on each side leaves nothing of a {}×{} input",
+                    rule.border, m.input.width, m.input.height
+                ),
             ));
         }
         if !m.decision.threshold.is_finite() {

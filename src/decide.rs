@@ -45,6 +45,7 @@ pub struct ImageScorer {
     height: usize,
     kernel: Vec<f32>,
     scratch: Vec<f32>,
+    selection: Vec<f32>,
     smoothed: Vec<f32>,
 }
 
@@ -57,6 +58,7 @@ impl ImageScorer {
             height,
             kernel,
             scratch: vec![0.0; width * height],
+            selection: vec![0.0; width * height],
             smoothed: vec![0.0; width * height],
         }
     }
@@ -77,7 +79,23 @@ impl ImageScorer {
             &mut self.scratch,
             &mut self.smoothed,
         );
-        top_fraction_mean(&self.smoothed, self.rule.top_fraction, &mut self.scratch)
+        let border = self.rule.border;
+        if border == 0 || 2 * border >= self.width.min(self.height) {
+            return top_fraction_mean(&self.smoothed, self.rule.top_fraction, &mut self.scratch);
+        }
+        // The interior rows, gathered into the (already used) scratch buffer.
+        let inner_width = self.width - 2 * border;
+        let mut n = 0;
+        for y in border..self.height - border {
+            let row =
+                &self.smoothed[y * self.width + border..y * self.width + border + inner_width];
+            self.scratch[n..n + inner_width].copy_from_slice(row);
+            n += inner_width;
+        }
+        let interior = std::mem::take(&mut self.scratch);
+        let score = top_fraction_mean(&interior[..n], self.rule.top_fraction, &mut self.selection);
+        self.scratch = interior;
+        score
     }
 }
 
@@ -165,6 +183,7 @@ mod tests {
         let rule = ImageScoreRule {
             smoothing_sigma: 1.0,
             top_fraction: 0.0001,
+            border: 0,
         };
         let mut scorer = ImageScorer::new(rule, 9, 9);
         let constant = vec![2.5; 81];
@@ -176,6 +195,23 @@ mod tests {
         assert!((score - centre * centre).abs() < 1e-6, "{score}");
         let total: f32 = scorer.smoothed().iter().sum();
         assert!((total - 1.0).abs() < 1e-5, "mass {total}");
+    }
+
+    #[test]
+    fn the_border_is_left_out_of_the_score() {
+        let rule = ImageScoreRule {
+            smoothing_sigma: 0.0,
+            top_fraction: 1e-6,
+            border: 2,
+        };
+        let mut scorer = ImageScorer::new(rule, 8, 6);
+        let mut map = vec![0.0; 48];
+        map[0] = 100.0; // a corner: ignored
+        map[8 + 5] = 50.0; // row 1: inside the 2-pixel border, ignored
+        map[2 * 8 + 3] = 7.0; // interior
+        assert_eq!(scorer.score(&map), 7.0);
+        let rule = ImageScoreRule { border: 0, ..rule };
+        assert_eq!(ImageScorer::new(rule, 8, 6).score(&map), 100.0);
     }
 
     #[test]

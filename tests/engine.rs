@@ -125,6 +125,7 @@ fn engine_scores_follow_the_formulas() {
     let rule = ImageScoreRule {
         smoothing_sigma: 0.0,
         top_fraction: 1e-6,
+        border: 0,
     };
     let bundle = common::write_random_bundle(dir.path(), input_spec.clone(), &scales, rule, 0.5);
     let mut engine = Engine::load(bundle, EngineOptions::default()).unwrap();
@@ -265,4 +266,28 @@ fn f16_precision_stays_close_to_f32() {
         diff < 0.05 * spread.max(1.0),
         "f16 map differs by {diff} (spread {spread})"
     );
+}
+
+/// Tool, not a check: writes the random-weight bundles that `ustad bench` times for the
+/// foundation's speed numbers (one p = 65 scale, teacher + 3 students, 256×256, stride 1 and 8):
+/// `USTAD_BENCH_BUNDLES=/tmp/bench cargo test --test engine -- --ignored write_speed_bundles`
+/// then `ustad bench --bundle /tmp/bench/p65-s1 --runs 3 --warmup 1`.
+#[test]
+#[ignore = "tool: writes bundles for `ustad bench`"]
+fn write_speed_bundles() {
+    let Some(root) = std::env::var_os("USTAD_BENCH_BUNDLES") else {
+        panic!("set USTAD_BENCH_BUNDLES to the output folder");
+    };
+    let root = std::path::PathBuf::from(root);
+    for stride in [1, 8] {
+        let scales = vec![common::random_scale(65, stride, 3, 7)];
+        let dir = root.join(format!("p65-s{stride}"));
+        common::write_random_bundle(
+            &dir,
+            InputSpec::imagenet(256, 256),
+            &scales,
+            ImageScoreRule::default(),
+            0.5,
+        );
+    }
 }

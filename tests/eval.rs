@@ -24,6 +24,7 @@ fn random_bundle(dir: &Path, threshold: f32) -> Bundle {
         ImageScoreRule {
             smoothing_sigma: 1.0,
             top_fraction: 0.01,
+            border: 0,
         },
         threshold,
     )

@@ -514,7 +514,11 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
         trainer_version: env!("CARGO_PKG_VERSION").into(),
         ..Default::default()
     };
-    let export = |calibrations: &[Calibration],
+    // Calibration runs on a staging copy under `.work`, so `out` only ever holds a finished,
+    // calibrated bundle (a daemon or test reading it meanwhile never sees threshold 0).
+    let staging = work.join("staging");
+    let export = |target: &Path,
+                  calibrations: &[Calibration],
                   decision: Decision,
                   provenance: Provenance|
      -> Result<Bundle> {
@@ -531,7 +535,7 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
             })
             .collect();
         Ok(write_bundle(
-            out,
+            target,
             spec.clone(),
             &scales,
             preset.image_score,
@@ -544,7 +548,7 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
         threshold: 0.0,
         rule: "uncalibrated".into(),
     };
-    let bundle = export(&identity, placeholder.clone(), provenance.clone())?;
+    let bundle = export(&staging, &identity, placeholder.clone(), provenance.clone())?;
     let mut engine = Engine::load(bundle, EngineOptions::default())?;
     let mut e_stats = vec![RunningStats::default(); preset.scales.len()];
     let mut v_stats = vec![RunningStats::default(); preset.scales.len()];
@@ -571,7 +575,7 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
             variance_std: (v.std() as f32).max(1e-12),
         })
         .collect();
-    let bundle = export(&calibrations, placeholder, provenance.clone())?;
+    let bundle = export(&staging, &calibrations, placeholder, provenance.clone())?;
     let mut engine = Engine::load(bundle, EngineOptions::default())?;
     let mut scores = Vec::with_capacity(val_images.inputs.len());
     for input in &val_images.inputs {
@@ -692,7 +696,8 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
         threshold: choice.threshold,
         rule: choice.describe(),
     };
-    export(&calibrations, decision, provenance)?;
+    export(out, &calibrations, decision, provenance)?;
+    std::fs::remove_dir_all(&staging).ok();
     // --- int8 export (quantize.rs) ---
     // QOperator graphs calibrated on up to 32 fit images, validated by `Bundle::load`, then a
     // parity report (f32 vs int8 bundle, both run by tract) into the provenance.
@@ -788,7 +793,6 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
         );
     }
     // --- end int8 export ---
-    std::fs::remove_dir_all(work.join("p")).ok();
     for entry in std::fs::read_dir(&work)?.flatten() {
         if entry.path().extension().is_some_and(|e| e == "onnx") {
             std::fs::remove_file(entry.path()).ok();
