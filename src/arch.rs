@@ -299,11 +299,26 @@ impl Architecture {
 
     /// Multiply-accumulates of one evaluation on a `height × width` input (for benchmarks).
     pub fn macs(&self, mode: Mode, height: usize, width: usize) -> Result<u64, ArchError> {
-        let plan = self.plan(mode)?;
+        Ok(self
+            .conv_costs(mode, height, width)?
+            .iter()
+            .map(|c| c.macs)
+            .sum())
+    }
+
+    /// Every conv of one evaluation with its output size and multiply-accumulates, in order:
+    /// where a network's time goes.
+    pub fn conv_costs(
+        &self,
+        mode: Mode,
+        height: usize,
+        width: usize,
+    ) -> Result<Vec<ConvCost>, ArchError> {
+        self.output_size(mode, height, width)?;
         let (mut h, mut w) = (height, width);
-        let mut total = 0u64;
-        for layer in &plan {
-            match *layer {
+        let mut costs = Vec::new();
+        for layer in self.plan(mode)? {
+            match layer {
                 PlannedLayer::Conv {
                     kernel,
                     in_channels,
@@ -314,7 +329,15 @@ impl Architecture {
                 } => {
                     h = h + padding[0] + padding[2] - dilation * (kernel - 1);
                     w = w + padding[1] + padding[3] - dilation * (kernel - 1);
-                    total += (h * w * kernel * kernel * in_channels * out_channels) as u64;
+                    costs.push(ConvCost {
+                        kernel,
+                        in_channels,
+                        out_channels,
+                        dilation,
+                        height: h,
+                        width: w,
+                        macs: (h * w * kernel * kernel * in_channels * out_channels) as u64,
+                    });
                 }
                 PlannedLayer::MaxPool { stride, dilation } => {
                     h = (h - dilation - 1) / stride + 1;
@@ -322,8 +345,20 @@ impl Architecture {
                 }
             }
         }
-        Ok(total)
+        Ok(costs)
     }
+}
+
+/// One conv of an evaluation: its shape, output size and cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvCost {
+    pub kernel: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub dilation: usize,
+    pub height: usize,
+    pub width: usize,
+    pub macs: u64,
 }
 
 #[cfg(test)]

@@ -189,7 +189,6 @@ pub struct ScaleCost {
 /// Per-layer MACs of every scale (same geometry walk as [`Architecture::macs`]), so a report
 /// can say which layer dominates, not only which network.
 pub fn scale_costs(bundle: &Bundle) -> Result<Vec<ScaleCost>, BenchError> {
-    use crate::arch::PlannedLayer;
     let m = &bundle.manifest;
     let mut out = Vec::new();
     for (index, scale) in m.scales.iter().enumerate() {
@@ -199,52 +198,30 @@ pub fn scale_costs(bundle: &Bundle) -> Result<Vec<ScaleCost>, BenchError> {
         };
         let arch =
             Architecture::for_patch_size(scale.patch_size).map_err(|e| geometry(e.to_string()))?;
-        let plan = arch
-            .plan(Mode::Image {
-                stride: scale.stride,
+        let mut layers: Vec<LayerMacs> = arch
+            .conv_costs(
+                Mode::Image {
+                    stride: scale.stride,
+                },
+                m.input.height,
+                m.input.width,
+            )
+            .map_err(|e| geometry(e.to_string()))?
+            .into_iter()
+            .map(|c| LayerMacs {
+                layer: format!(
+                    "conv{k}x{k} {}->{} d{} @ {}x{}",
+                    c.in_channels,
+                    c.out_channels,
+                    c.dilation,
+                    c.height,
+                    c.width,
+                    k = c.kernel
+                ),
+                macs: c.macs,
+                share: 0.0,
             })
-            .map_err(|e| geometry(e.to_string()))?;
-        let (mut h, mut w) = (m.input.height, m.input.width);
-        let mut layers = Vec::new();
-        for layer in plan {
-            match layer {
-                PlannedLayer::Conv {
-                    kernel,
-                    in_channels,
-                    out_channels,
-                    dilation,
-                    padding,
-                    ..
-                } => {
-                    let shrink = dilation * (kernel - 1);
-                    h = (h + padding[0] + padding[2])
-                        .checked_sub(shrink)
-                        .ok_or_else(|| geometry("input too small".into()))?;
-                    w = (w + padding[1] + padding[3])
-                        .checked_sub(shrink)
-                        .ok_or_else(|| geometry("input too small".into()))?;
-                    layers.push(LayerMacs {
-                        layer: format!(
-                            "conv{kernel}x{kernel} {in_channels}->{out_channels} d{dilation} @ {h}x{w}"
-                        ),
-                        macs: (h * w * kernel * kernel * in_channels * out_channels) as u64,
-                        share: 0.0,
-                    });
-                }
-                PlannedLayer::MaxPool { stride, dilation } => {
-                    h = h
-                        .checked_sub(dilation + 1)
-                        .ok_or_else(|| geometry("input too small".into()))?
-                        / stride
-                        + 1;
-                    w = w
-                        .checked_sub(dilation + 1)
-                        .ok_or_else(|| geometry("input too small".into()))?
-                        / stride
-                        + 1;
-                }
-            }
-        }
+            .collect();
         let total: u64 = layers.iter().map(|l| l.macs).sum();
         for l in &mut layers {
             l.share = if total > 0 {
