@@ -84,7 +84,6 @@ pub fn network_graph(
     let mut graph = GraphWriter::default();
     let mut current = INPUT_NAME.to_string();
     let mut convs = weights.convs.iter().enumerate();
-    let conv_total = weights.convs.len();
     for (layer_index, layer) in plan.iter().enumerate() {
         match *layer {
             PlannedLayer::Conv {
@@ -97,10 +96,8 @@ pub fn network_graph(
                 let Some((conv_index, conv)) = convs.next() else {
                     unreachable!("validated weights have one entry per planned conv");
                 };
-                let (weight, bias) = match (&spec.output_norm, conv_index + 1 == conv_total) {
-                    (Some(norm), true) => fold_normalisation(&conv.weight, &conv.bias, norm),
-                    _ => (conv.weight.clone(), conv.bias.clone()),
-                };
+                let (weight, bias) =
+                    conv_parameters(weights, conv_index, spec.output_norm.as_ref());
                 let w_name = format!("conv{conv_index}.weight");
                 let b_name = format!("conv{conv_index}.bias");
                 graph.initializer(
@@ -187,12 +184,24 @@ pub fn save_model(model: &pb::ModelProto, path: &Path) -> Result<(), ExportError
     })
 }
 
-/// `(W·x + b − μ) / σ` per output channel is a conv with weights `W/σ` and bias `(b − μ)/σ`.
-pub(crate) fn fold_normalisation(
-    weight: &[f32],
-    bias: &[f32],
-    norm: &ChannelNorm,
+/// Weights and bias of conv `index` as exported: with the output normalisation folded into the
+/// last conv. The f32 and the int8 graphs both take their parameters from here.
+pub(crate) fn conv_parameters(
+    weights: &NetworkWeights,
+    index: usize,
+    norm: Option<&ChannelNorm>,
 ) -> (Vec<f32>, Vec<f32>) {
+    let conv = &weights.convs[index];
+    match norm {
+        Some(norm) if index + 1 == weights.convs.len() => {
+            fold_normalisation(&conv.weight, &conv.bias, norm)
+        }
+        _ => (conv.weight.clone(), conv.bias.clone()),
+    }
+}
+
+/// `(W·x + b − μ) / σ` per output channel is a conv with weights `W/σ` and bias `(b − μ)/σ`.
+fn fold_normalisation(weight: &[f32], bias: &[f32], norm: &ChannelNorm) -> (Vec<f32>, Vec<f32>) {
     let per_channel = weight.len() / bias.len();
     let weight = weight
         .chunks_exact(per_channel)

@@ -27,7 +27,7 @@ use tract_onnx::prelude::*;
 
 use crate::arch::{INPUT_CHANNELS, LEAKY_SLOPE, PlannedLayer};
 use crate::export::{
-    ExportError, GraphSpec, GraphWriter, INPUT_NAME, OUTPUT_NAME, float, fold_normalisation, ints,
+    ExportError, GraphSpec, GraphWriter, INPUT_NAME, OUTPUT_NAME, conv_parameters, float, ints,
     network_graph,
 };
 use crate::weights::NetworkWeights;
@@ -344,10 +344,7 @@ pub fn int8_graph(
                 let Some((i, conv)) = convs.next() else {
                     unreachable!("validated weights have one entry per planned conv");
                 };
-                let (weight, bias) = match (&spec.output_norm, i + 1 == total) {
-                    (Some(norm), true) => fold_normalisation(&conv.weight, &conv.bias, norm),
-                    _ => (conv.weight.clone(), conv.bias.clone()),
-                };
+                let (weight, bias) = conv_parameters(weights, i, spec.output_norm.as_ref());
                 let (wq, w_scales) = quantize_weights(&weight, conv.out_channels);
                 let bias_q: Vec<i32> = bias
                     .iter()
