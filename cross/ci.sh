@@ -6,7 +6,8 @@
 #      tests/bundle.rs) under qemu-aarch64 (Cortex-A76, tract forced to its A55 NEON+fp16 kernels);
 #      three reference-loop comparisons too slow under emulation are skipped (see below)
 #   3. armv7 (NEON): builds the same and runs the scoring-engine tests under qemu-arm
-#   4. an arm64 .deb of the test build's binary, checked by cross/check_deb.sh (itself self-tested)
+#   4. arm64 and armhf .debs of the test builds' binaries, checked by cross/check_deb.sh (itself
+#      self-tested)
 # Each stage prints its wall time. UST_CROSS_SKIP_DEB=1 skips step 4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +46,7 @@ stage "armv7 scoring tests under qemu (engine)" bash cross/test.sh "$a32" --test
 if [ "${UST_CROSS_SKIP_DEB:-0}" != 1 ]; then
   stage "check_deb self-test" bash cross/check_deb_selftest.sh
   stage "arm64 .deb of the test build + check" bash cross/package.sh --profile dev "$a64"
+  stage "armhf .deb of the test build + check" bash cross/package.sh --profile dev "$a32"
 fi
 
 echo "== cross stage times"

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ustad::actuate::trigger::{EdgeKind, Trigger, TriggerError, TriggerEvent};
 use ustad::bundle::{ImageScoreRule, InputSpec};
 use ustad::capture::{CaptureError, Frame, FrameSource};
 use ustad::clock::{Clock, ManualClock, Timestamp};
@@ -376,10 +377,32 @@ enum Step {
     StaleFrame(u64, Duration),
     Timeout,
     Gone,
+    /// Wait this long in real time (let other threads catch up), then go on.
+    Pause(Duration),
+}
+
+/// Test options (no HTTP) with a [`ScriptedSource`] playing `script` on `clock`.
+fn scripted_options(
+    clock: &ManualClock,
+    notifier: &Arc<RecordingNotifier>,
+    script: Vec<Step>,
+) -> DaemonOptions {
+    let mut opts = options(clock, notifier);
+    opts.serve_http = false;
+    opts.source = Some(Box::new(ScriptedSource {
+        clock: clock.clone(),
+        image: common::test_image(64, 48).to_rgb8(),
+        script,
+    }));
+    opts
 }
 
 impl FrameSource for ScriptedSource {
     fn next_frame(&mut self) -> Result<Option<Frame>, CaptureError> {
+        while let Some(Step::Pause(d)) = self.script.first() {
+            std::thread::sleep(*d);
+            self.script.remove(0);
+        }
         if self.script.is_empty() {
             return Ok(None);
         }
@@ -406,6 +429,7 @@ impl FrameSource for ScriptedSource {
                 context: "dequeue".into(),
                 source: std::io::Error::other("unplugged"),
             }),
+            Step::Pause(_) => unreachable!("pauses are taken above"),
         }
     }
 
@@ -421,12 +445,10 @@ fn source_errors_reconnect_gaps_and_stale_frames() {
     std::fs::write(&cfg_path, config_text(&s, &s.root, "", "")).expect("config");
     let clock = ManualClock::new(Timestamp::from_millis(5_000));
     let notifier = Arc::new(RecordingNotifier::new());
-    let mut opts = options(&clock, &notifier);
-    opts.serve_http = false;
-    opts.source = Some(Box::new(ScriptedSource {
-        clock: clock.clone(),
-        image: common::test_image(64, 48).to_rgb8(),
-        script: vec![
+    let opts = scripted_options(
+        &clock,
+        &notifier,
+        vec![
             Step::Frame(0),
             Step::Timeout,
             Step::Timeout,
@@ -437,7 +459,7 @@ fn source_errors_reconnect_gaps_and_stale_frames() {
             Step::StaleFrame(5, Duration::from_secs(2)),
             Step::Frame(6),
         ],
-    }));
+    );
     let mut daemon = Daemon::start(&cfg_path, opts).expect("start");
     let summary = daemon.wait().expect("run");
     assert_eq!(summary.source_errors, 3);
@@ -465,6 +487,158 @@ fn source_errors_reconnect_gaps_and_stale_frames() {
     assert_eq!(summary.actuator.missed, 1);
     // Pings continued through the source errors.
     assert!(notifier.count(&Notification::Watchdog) >= 4);
+}
+
+/// Overload on the real clock: frames come every 10 ms, one inference of the trained bundle takes
+/// longer than the 250 ms budget, and the pulse window (300..350 ms after capture) closes before
+/// the engine reaches the second part. Parts waiting for the engine must still get their
+/// fail-safe pulse in their window (the scheduler applies it at each part's deadline), not be
+/// counted missed when the engine finally gets to them.
+#[test]
+fn overload_fails_parts_safe_at_their_deadline_not_after_the_flap() {
+    let s = setup();
+    let frames = s.root.join("frames");
+    std::fs::create_dir_all(&frames).expect("mkdir");
+    let mut good: Vec<PathBuf> = std::fs::read_dir(repo(MTD_TEST).join("good"))
+        .expect("MTD test split")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    good.sort();
+    for f in good.iter().take(6) {
+        std::os::unix::fs::symlink(f, frames.join(f.file_name().expect("name"))).expect("link");
+    }
+    let cfg_path = s.root.join("daemon.toml");
+    let text = config_text(&s, &frames, "", "")
+        .replace("pulse_ms = 5\n", "pulse_ms = 50\n")
+        .replace("delay_ms = 500", "delay_ms = 300")
+        .replace("frame_budget_ms = 400", "frame_budget_ms = 250");
+    assert!(text.contains("pulse_ms = 50\n") && text.contains("frame_budget_ms = 250"));
+    std::fs::write(&cfg_path, text).expect("config");
+    let mut opts = DaemonOptions::production();
+    opts.notifier = Arc::new(RecordingNotifier::new());
+    opts.watchdog = None;
+    opts.serve_http = false;
+    opts.engine_threads = 2;
+    let mut daemon = Daemon::start(&cfg_path, opts).expect("start");
+    let pins = daemon.pin_record().expect("mock output");
+    let summary = daemon.wait().expect("run");
+
+    let records = read_records(&s.root.join("archive")).expect("archive");
+    let parts: Vec<u64> = records.iter().map(|r| r.part).collect();
+    assert_eq!(parts, (0..6).collect::<Vec<_>>(), "one verdict per part");
+    let failed_safe = records
+        .iter()
+        .filter(|r| r.verdict == "failsafe_reject")
+        .count() as u64;
+    let rejected = records
+        .iter()
+        .filter(|r| r.verdict == "reject" || r.verdict == "failsafe_reject")
+        .count() as u64;
+    eprintln!(
+        "overload test: {failed_safe}/6 failed safe, {} at their deadline by the actuator; {summary}",
+        summary.actuator.expired
+    );
+    // Nothing passed the flap unrejected: every reject asked for was driven in its window.
+    assert_eq!(summary.actuator.missed, 0, "{records:#?}");
+    assert_eq!(summary.actuator.rejects, rejected);
+    assert_eq!(summary.verdict(VerdictKind::FailsafeReject), failed_safe);
+    assert!(!pins.pulses().is_empty() || rejected == 0);
+    for r in records.iter().filter(|r| r.verdict == "failsafe_reject") {
+        assert_eq!(r.reason.as_deref(), Some("over_budget"), "{r:?}");
+    }
+    if s.trained {
+        // The second part waits one inference and needs another: its verdict cannot come
+        // within 250 ms unless an inference takes under ~130 ms (it takes ~400 ms here), so the
+        // actuator failed at least that part safe at its deadline.
+        assert!(summary.actuator.expired >= 1, "{summary}");
+        assert!(failed_safe >= 1, "{records:#?}");
+    }
+}
+
+/// A part sensor that reports a fixed list of edges, then stays quiet.
+struct ScriptedTrigger {
+    events: Vec<TriggerEvent>,
+}
+
+impl Trigger for ScriptedTrigger {
+    fn wait(&mut self, timeout: Duration) -> Result<Option<TriggerEvent>, TriggerError> {
+        if self.events.is_empty() {
+            std::thread::sleep(timeout.min(Duration::from_millis(5)));
+            return Ok(None);
+        }
+        Ok(Some(self.events.remove(0)))
+    }
+}
+
+/// `trigger.mode = "gpio"` with an injected sensor: parts are the triggers, not the frames.
+/// Each trigger takes the first frame at or after it, two triggers within one frame period
+/// share a frame, a trigger no frame follows gets the fail-safe, frames without a trigger are
+/// not parts, and every pulse is timed from the trigger's own timestamp.
+#[test]
+fn trigger_mode_judges_one_part_per_trigger_timed_from_the_trigger() {
+    let s = setup();
+    let cfg_path = s.root.join("daemon.toml");
+    let text = config_text(&s, &s.root, "threshold = -1000000.0", "").replace(
+        "[reject]",
+        "[trigger]\nmode = \"gpio\"\nline = \"GPIO27\"\ndebounce_ms = 1\n\n[reject]",
+    );
+    std::fs::write(&cfg_path, text).expect("config");
+    let clock = ManualClock::new(Timestamp::from_millis(5_000));
+    let notifier = Arc::new(RecordingNotifier::new());
+    // Frames at 5010, 5020, ..., 5080 ms (the scripted source advances 10 ms per frame). The
+    // sensor's events reach the capture thread first (as they would: the parts come before
+    // their frames are read).
+    let mut opts = scripted_options(
+        &clock,
+        &notifier,
+        std::iter::once(Step::Pause(Duration::from_millis(200)))
+            .chain((0..8).map(Step::Frame))
+            .collect(),
+    );
+    let ev = |ms: u64, count: u64| TriggerEvent {
+        timestamp: Timestamp::from_millis(ms),
+        edge: EdgeKind::Rising,
+        count,
+    };
+    // 5012 -> frame at 5020; 5041 and 5050 -> both the frame at 5050; 5200 -> no frame.
+    let triggers = vec![ev(5012, 0), ev(5041, 1), ev(5050, 2), ev(5200, 3)];
+    opts.trigger = Some(Box::new(ScriptedTrigger {
+        events: triggers.clone(),
+    }));
+    let mut daemon = Daemon::start(&cfg_path, opts).expect("start");
+    let pins = daemon.pin_record().expect("mock output");
+    let summary = daemon.wait().expect("run");
+
+    let records = read_records(&s.root.join("archive")).expect("archive");
+    let parts: Vec<u64> = records.iter().map(|r| r.part).collect();
+    assert_eq!(
+        parts,
+        vec![0, 1, 2, 3],
+        "one verdict per trigger: {records:#?}"
+    );
+    assert_eq!(summary.frames, 8);
+    assert_eq!(summary.parts, 4);
+    let seq = |p: usize| records[p].sequence;
+    assert_eq!(
+        (seq(0), seq(1), seq(2)),
+        (Some(1), Some(4), Some(4)),
+        "{records:#?}"
+    );
+    for r in &records[..3] {
+        assert_eq!(r.verdict, "reject", "threshold far below any score: {r:?}");
+    }
+    assert_eq!(records[3].verdict, "failsafe_reject");
+    assert_eq!(records[3].reason.as_deref(), Some("no_frame"));
+    // Pulses at trigger time + 500 ms, 5 ms long, one per part.
+    let want: Vec<(Timestamp, Timestamp)> = triggers
+        .iter()
+        .map(|t| {
+            let start = t.timestamp + Duration::from_millis(500);
+            (start, start + Duration::from_millis(5))
+        })
+        .collect();
+    assert_eq!(pins.pulses(), want);
+    assert_eq!(summary.actuator.missed, 0);
 }
 
 /// A source fed from the test, so the daemon runs while the test reloads it.

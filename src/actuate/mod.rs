@@ -10,7 +10,12 @@
 //! - the line is set **inactive (safe) at start**, on [`RejectScheduler::finish`] and on drop;
 //! - on a graceful stop, pending pulses still fire ([`RejectScheduler::drain`]): the parts are
 //!   already on the belt;
-//! - a part that could not be judged gets the fail-safe policy (reject by default).
+//! - a part that could not be judged gets the fail-safe policy (reject by default);
+//! - a part can be **armed** when it is captured ([`RejectScheduler::arm`]): if its verdict has
+//!   not arrived by its deadline (capture + frame budget), the scheduler applies the fail-safe
+//!   itself, in time for the part's pulse window, and a verdict that comes later is refused
+//!   ([`Scheduled::Expired`]). A wedged or overloaded inference thread therefore cannot let a
+//!   part pass the flap unjudged while its verdict waits in a queue.
 //!
 //! The scheduler never reads the time itself: it is driven by `poll(now)` and tells when it
 //! next needs attention (`next_deadline`). Time comes from a [`Clock`], so tests run on a
@@ -24,7 +29,7 @@
 pub mod gpio;
 pub mod trigger;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -111,6 +116,12 @@ pub enum Scheduled {
         /// How late the verdict was, measured from the pulse's scheduled end.
         late_by: Duration,
     },
+    /// The part was armed and its deadline passed before this verdict came: the fail-safe
+    /// policy was applied at `decided` and stands; this verdict is ignored.
+    Expired {
+        /// When the scheduler applied the fail-safe.
+        decided: Timestamp,
+    },
 }
 
 /// Counters for metrics.
@@ -132,6 +143,9 @@ pub struct ActuatorStats {
     pub late: u64,
     /// Rejects that could not be fired at all (verdict after the pulse window).
     pub missed: u64,
+    /// Armed parts whose verdict did not come by their deadline: the scheduler applied the
+    /// fail-safe policy itself.
+    pub expired: u64,
     /// Failed level changes on the line.
     pub pin_errors: u64,
 }
@@ -156,6 +170,11 @@ pub struct RejectScheduler<P: OutputPin, C: Clock> {
     pending: VecDeque<Pulse>,
     /// End of the pulse being driven, while the line is active.
     active_until: Option<Timestamp>,
+    /// Parts awaiting their verdict, by (part, capture time), with their deadlines.
+    armed: BTreeMap<(u64, Timestamp), Timestamp>,
+    /// Parts the fail-safe was applied to at their deadline, with when, until their late
+    /// verdict arrives.
+    expired: BTreeMap<(u64, Timestamp), Timestamp>,
     stats: ActuatorStats,
 }
 
@@ -167,6 +186,7 @@ impl<P: OutputPin, C: Clock> fmt::Debug for RejectScheduler<P, C> {
             .field("policy", &self.policy)
             .field("pending", &self.pending)
             .field("active_until", &self.active_until)
+            .field("armed", &self.armed.len())
             .field("stats", &self.stats)
             .finish()
     }
@@ -197,6 +217,8 @@ impl<P: OutputPin, C: Clock> RejectScheduler<P, C> {
             policy,
             pending: VecDeque::new(),
             active_until: None,
+            armed: BTreeMap::new(),
+            expired: BTreeMap::new(),
             stats: ActuatorStats::default(),
         })
     }
@@ -239,7 +261,76 @@ impl<P: OutputPin, C: Clock> RejectScheduler<P, C> {
 
     /// Takes a part's verdict. `captured` is the part's capture (or trigger) time; its pulse is
     /// due at `captured + delay`. Updates the line at once if the pulse is already due.
+    ///
+    /// A part armed with [`RejectScheduler::arm`] is disarmed by its verdict; if its deadline
+    /// has already passed, the fail-safe applied then stands and the verdict is ignored
+    /// ([`Scheduled::Expired`]).
     pub fn submit(
+        &mut self,
+        part: u64,
+        captured: Timestamp,
+        verdict: Verdict,
+    ) -> Result<Scheduled, ActuateError> {
+        let now = self.clock.now();
+        // A deadline that passed while this verdict was on its way is applied first.
+        self.expire_armed(now)?;
+        if let Some(decided) = self.expired.remove(&(part, captured)) {
+            return Ok(Scheduled::Expired { decided });
+        }
+        self.armed.remove(&(part, captured));
+        self.decide(part, captured, verdict)
+    }
+
+    /// Registers a part whose verdict is on its way: if none has come by `deadline`, the
+    /// fail-safe policy is applied to it then (at once if `deadline` has passed). Call it when
+    /// the part is captured, before its frame is queued for judging.
+    pub fn arm(
+        &mut self,
+        part: u64,
+        captured: Timestamp,
+        deadline: Timestamp,
+    ) -> Result<(), ActuateError> {
+        self.armed.insert((part, captured), deadline);
+        let now = self.clock.now();
+        self.expire_armed(now)?;
+        self.poll(now)
+    }
+
+    /// Number of armed parts still waiting for their verdict.
+    pub fn armed(&self) -> usize {
+        self.armed.len()
+    }
+
+    /// Applies the fail-safe to armed parts whose deadline is at or before `now`.
+    fn expire_armed(&mut self, now: Timestamp) -> Result<(), ActuateError> {
+        while let Some((&key, &deadline)) = self.armed.iter().min_by_key(|(_, d)| **d) {
+            if deadline > now {
+                break;
+            }
+            self.armed.remove(&key);
+            let (part, captured) = key;
+            self.stats.expired += 1;
+            log::warn!(
+                "part {part}: no verdict {} ms after capture (deadline passed {} ms ago); \
+                 applying the fail-safe",
+                (deadline - captured).as_millis(),
+                (now - deadline).as_millis()
+            );
+            self.expired.insert(key, now);
+            self.decide(part, captured, Verdict::Unjudged)?;
+        }
+        // A late verdict normally follows within a frame or two; one that never comes (its
+        // thread died) must not keep the entry forever.
+        if self.expired.len() > 4096 {
+            let horizon = self.timing.delay + self.timing.pulse + Duration::from_secs(60);
+            self.expired
+                .retain(|_, decided| now.saturating_duration_since(*decided) < horizon);
+        }
+        Ok(())
+    }
+
+    /// Acts on a verdict: counts it and schedules its pulse if it asks for one.
+    fn decide(
         &mut self,
         part: u64,
         captured: Timestamp,
@@ -295,7 +386,7 @@ impl<P: OutputPin, C: Clock> RejectScheduler<P, C> {
         if merged {
             self.stats.merged += 1;
         }
-        self.poll(now)?;
+        self.drive(now)?;
         let merged_end = self
             .active_until
             .filter(|&until| start <= until)
@@ -356,6 +447,12 @@ impl<P: OutputPin, C: Clock> RejectScheduler<P, C> {
     /// Brings the line up to date at time `now`: ends a finished pulse, starts a due one.
     /// Call it at [`RejectScheduler::next_deadline`] (or any time; it is idempotent).
     pub fn poll(&mut self, now: Timestamp) -> Result<(), ActuateError> {
+        self.expire_armed(now)?;
+        self.drive(now)
+    }
+
+    /// Ends a finished pulse and starts a due one.
+    fn drive(&mut self, now: Timestamp) -> Result<(), ActuateError> {
         loop {
             if let Some(until) = self.active_until {
                 if now < until {
@@ -399,13 +496,34 @@ impl<P: OutputPin, C: Clock> RejectScheduler<P, C> {
     /// When the scheduler next needs [`RejectScheduler::poll`]: the end of the running
     /// pulse, else the start of the next pending one; `None` when idle.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.active_until
-            .or_else(|| self.pending.front().map(|p| p.start))
+        let line = self
+            .active_until
+            .or_else(|| self.pending.front().map(|p| p.start));
+        let armed = self.armed.values().min().copied();
+        match (line, armed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Fires every pending pulse at its time (waiting on the clock) and leaves the line
     /// inactive: on a graceful stop the parts already judged are still on the belt.
+    ///
+    /// Armed parts still without a verdict get the fail-safe now: nothing will judge them.
     pub fn drain(&mut self) -> Result<(), ActuateError> {
+        if !self.armed.is_empty() {
+            log::warn!(
+                "{}: {} armed parts never got a verdict; applying the fail-safe",
+                self.line,
+                self.armed.len()
+            );
+            let now = self.clock.now();
+            for ((part, captured), _) in std::mem::take(&mut self.armed) {
+                self.stats.expired += 1;
+                self.decide(part, captured, Verdict::Unjudged)?;
+            }
+            self.poll(now)?;
+        }
         while let Some(deadline) = self.next_deadline() {
             self.clock.sleep_until(deadline);
             let now = self.clock.now();
@@ -484,6 +602,12 @@ enum Command {
         part: u64,
         captured: Timestamp,
         verdict: Verdict,
+        reply: mpsc::SyncSender<Result<Scheduled, ActuateError>>,
+    },
+    Arm {
+        part: u64,
+        captured: Timestamp,
+        deadline: Timestamp,
     },
     Reconfigure(PulseTiming, FailSafePolicy),
     Shutdown,
@@ -491,7 +615,8 @@ enum Command {
 
 /// A [`RejectScheduler`] on its own thread, waking at each deadline.
 ///
-/// Submitting never blocks the pipeline. Dropping the worker (or [`RejectWorker::shutdown`])
+/// Submitting waits only for the scheduler to take the verdict (no pulse is waited for), so
+/// the caller learns whether it counted. Dropping the worker (or [`RejectWorker::shutdown`])
 /// drains pending pulses and leaves the line safe.
 #[derive(Debug)]
 pub struct RejectWorker {
@@ -536,8 +661,21 @@ impl RejectWorker {
                             part,
                             captured,
                             verdict,
+                            reply,
                         }) => {
-                            if let Err(e) = scheduler.submit(part, captured, verdict) {
+                            let result = scheduler.submit(part, captured, verdict);
+                            if let Err(e) = &result {
+                                log::error!("part {part}: {e}");
+                            }
+                            // The submitter may have given up waiting; the verdict counts.
+                            let _ = reply.send(result);
+                        }
+                        Ok(Command::Arm {
+                            part,
+                            captured,
+                            deadline,
+                        }) => {
+                            if let Err(e) = scheduler.arm(part, captured, deadline) {
                                 log::error!("part {part}: {e}");
                             }
                         }
@@ -570,18 +708,38 @@ impl RejectWorker {
         })
     }
 
-    /// Hands a part's verdict to the scheduler thread.
+    /// Hands a part's verdict to the scheduler thread and returns what it did with it (see
+    /// [`RejectScheduler::submit`]).
     pub fn submit(
         &self,
         part: u64,
         captured: Timestamp,
         verdict: Verdict,
-    ) -> Result<(), ActuateError> {
+    ) -> Result<Scheduled, ActuateError> {
+        let (reply, answer) = mpsc::sync_channel(1);
         self.tx
             .send(Command::Submit {
                 part,
                 captured,
                 verdict,
+                reply,
+            })
+            .map_err(|_| ActuateError::Stopped)?;
+        answer.recv().map_err(|_| ActuateError::Stopped)?
+    }
+
+    /// Arms a part at capture (see [`RejectScheduler::arm`]); does not wait.
+    pub fn arm(
+        &self,
+        part: u64,
+        captured: Timestamp,
+        deadline: Timestamp,
+    ) -> Result<(), ActuateError> {
+        self.tx
+            .send(Command::Arm {
+                part,
+                captured,
+                deadline,
             })
             .map_err(|_| ActuateError::Stopped)
     }

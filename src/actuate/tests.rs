@@ -95,6 +95,22 @@ fn pulse(from: u64, to: u64) -> (Timestamp, Timestamp) {
     (ms(from), ms(to))
 }
 
+/// A worker on the real clock with a recording pin and the reject policy.
+fn real_clock_worker(timing: PulseTiming) -> (RejectWorker, PinRecord) {
+    let clock = MonotonicClock::new();
+    let (pin, record) = RecordingPin::new(clock);
+    let sched = RejectScheduler::new(pin, clock, "test", timing, FailSafePolicy::Reject)
+        .expect("scheduler");
+    (RejectWorker::spawn(sched).expect("spawn"), record)
+}
+
+fn timing_ms(delay: u64, pulse: u64) -> PulseTiming {
+    PulseTiming {
+        delay: Duration::from_millis(delay),
+        pulse: Duration::from_millis(pulse),
+    }
+}
+
 #[test]
 fn line_is_safe_at_start_and_after_drop() {
     let clock = ManualClock::new(ms(0));
@@ -362,6 +378,131 @@ fn late_verdict_fires_for_the_rest_of_the_window_or_is_reported_missed() {
 }
 
 #[test]
+fn an_armed_part_without_a_verdict_is_failed_safe_at_its_deadline_in_time_for_its_pulse() {
+    let mut r = rig(
+        &[T::set(State::High), T::set(State::Low), T::set(State::Low)],
+        FailSafePolicy::Reject,
+    );
+    // Captured at 1000, budget 100 ms: deadline 1100, pulse window 1300..1350.
+    r.sched.arm(0, ms(1000), ms(1100)).expect("arm");
+    assert_eq!(r.sched.next_deadline(), Some(ms(1100)));
+    r.run_until(ms(1099));
+    assert_eq!((r.sched.armed(), r.sched.pending()), (1, 0));
+    r.run_until(ms(1100));
+    assert_eq!((r.sched.armed(), r.sched.pending()), (0, 1));
+    // The engine's verdict comes at 1400, long after the part passed the flap: it is
+    // refused, and the fail-safe pulse was on time.
+    r.run_until(ms(1400));
+    assert_eq!(
+        r.sched.submit(0, ms(1000), Verdict::Pass).expect("late"),
+        Scheduled::Expired { decided: ms(1100) }
+    );
+    let (stats, pulses) = r.finish();
+    assert_eq!(pulses, [pulse(1300, 1350)]);
+    assert_eq!(
+        (
+            stats.parts,
+            stats.expired,
+            stats.failsafe_rejects,
+            stats.missed
+        ),
+        (1, 1, 1, 0),
+        "one verdict for the part, none missed"
+    );
+}
+
+#[test]
+fn a_verdict_before_the_deadline_disarms_the_part() {
+    let mut r = rig(
+        &[T::set(State::High), T::set(State::Low), T::set(State::Low)],
+        FailSafePolicy::Reject,
+    );
+    r.sched.arm(0, ms(1000), ms(1100)).expect("arm");
+    r.sched.arm(1, ms(1010), ms(1110)).expect("arm");
+    r.clock.set(ms(1050));
+    assert_eq!(
+        r.sched.submit(0, ms(1000), Verdict::Pass).expect("pass"),
+        Scheduled::Pass
+    );
+    r.clock.set(ms(1060));
+    assert!(matches!(
+        r.sched
+            .submit(1, ms(1010), Verdict::Reject)
+            .expect("reject"),
+        Scheduled::Pulse { .. }
+    ));
+    assert_eq!(r.sched.armed(), 0);
+    r.run_until(ms(2000));
+    let (stats, pulses) = r.finish();
+    assert_eq!(pulses, [pulse(1310, 1360)]);
+    assert_eq!(
+        (stats.parts, stats.expired, stats.failsafe_rejects),
+        (2, 0, 0)
+    );
+}
+
+#[test]
+fn a_verdict_racing_the_deadline_loses_and_the_part_is_counted_once() {
+    let mut r = rig(
+        &[T::set(State::High), T::set(State::Low), T::set(State::Low)],
+        FailSafePolicy::Reject,
+    );
+    r.sched.arm(7, ms(1000), ms(1100)).expect("arm");
+    // The worker has not polled yet, but the deadline is over when the verdict arrives.
+    r.clock.set(ms(1101));
+    assert_eq!(
+        r.sched.submit(7, ms(1000), Verdict::Pass).expect("submit"),
+        Scheduled::Expired { decided: ms(1101) }
+    );
+    let (stats, pulses) = r.finish();
+    assert_eq!(pulses, [pulse(1300, 1350)]);
+    assert_eq!((stats.parts, stats.expired), (1, 1));
+}
+
+#[test]
+fn expired_parts_pass_under_pass_policy_and_leftovers_fail_safe_on_drain() {
+    let mut r = rig(&[T::set(State::Low)], FailSafePolicy::Pass);
+    r.sched.arm(0, ms(1000), ms(1100)).expect("arm");
+    r.run_until(ms(1200));
+    assert_eq!(
+        r.sched.submit(0, ms(1000), Verdict::Reject).expect("late"),
+        Scheduled::Expired { decided: ms(1100) }
+    );
+    let (stats, pulses) = r.finish();
+    assert!(pulses.is_empty());
+    assert_eq!((stats.expired, stats.failsafe_passes), (1, 1));
+
+    // Under the reject policy, a part still armed at shutdown is rejected on the way out.
+    let mut r = rig(
+        &[T::set(State::High), T::set(State::Low), T::set(State::Low)],
+        FailSafePolicy::Reject,
+    );
+    r.sched.arm(3, ms(1000), ms(1100)).expect("arm");
+    let (stats, pulses) = r.finish();
+    assert_eq!(pulses, [pulse(1300, 1350)]);
+    assert_eq!((stats.expired, stats.failsafe_rejects), (1, 1));
+}
+
+#[test]
+fn worker_fails_safe_at_the_deadline_and_reports_the_late_verdict_as_expired() {
+    let (clock, timing) = (MonotonicClock::new(), timing_ms(300, 200));
+    let (worker, record) = real_clock_worker(timing);
+    let captured = clock.now();
+    worker
+        .arm(1, captured, captured + Duration::from_millis(10))
+        .expect("arm");
+    // The "engine" answers after the part's whole pulse window.
+    std::thread::sleep(Duration::from_millis(600));
+    let answer = worker.submit(1, captured, Verdict::Pass).expect("submit");
+    assert!(matches!(answer, Scheduled::Expired { .. }), "{answer:?}");
+    let stats = worker.shutdown().expect("shutdown");
+    assert_eq!((stats.expired, stats.pulses, stats.missed), (1, 1, 0));
+    let pulses = record.pulses();
+    assert_eq!(pulses.len(), 1);
+    assert!(pulses[0].0 >= captured + timing.delay, "{pulses:?}");
+}
+
+#[test]
 fn finish_drains_pending_pulses_at_their_times() {
     let mut r = rig(
         &[
@@ -444,15 +585,8 @@ fn pin_failure_is_reported_with_the_line_name() {
 
 #[test]
 fn worker_thread_fires_on_the_real_clock_and_drains_on_shutdown() {
-    let clock = MonotonicClock::new();
-    let (pin, record) = RecordingPin::new(clock);
-    let timing = PulseTiming {
-        delay: Duration::from_millis(40),
-        pulse: Duration::from_millis(20),
-    };
-    let sched = RejectScheduler::new(pin, clock, "test", timing, FailSafePolicy::Reject)
-        .expect("scheduler");
-    let worker = RejectWorker::spawn(sched).expect("spawn");
+    let (clock, timing) = (MonotonicClock::new(), timing_ms(40, 20));
+    let (worker, record) = real_clock_worker(timing);
     let t0 = clock.now();
     worker.submit(0, t0, Verdict::Reject).expect("submit");
     worker.submit(1, t0, Verdict::Pass).expect("submit");
@@ -481,15 +615,8 @@ fn worker_thread_fires_on_the_real_clock_and_drains_on_shutdown() {
 
 #[test]
 fn dropping_the_worker_drains_too() {
-    let clock = MonotonicClock::new();
-    let (pin, record) = RecordingPin::new(clock);
-    let timing = PulseTiming {
-        delay: Duration::from_millis(10),
-        pulse: Duration::from_millis(10),
-    };
-    let sched = RejectScheduler::new(pin, clock, "test", timing, FailSafePolicy::Reject)
-        .expect("scheduler");
-    let worker = RejectWorker::spawn(sched).expect("spawn");
+    let (clock, timing) = (MonotonicClock::new(), timing_ms(10, 10));
+    let (worker, record) = real_clock_worker(timing);
     worker
         .submit(0, clock.now(), Verdict::Unjudged)
         .expect("submit");

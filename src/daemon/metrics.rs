@@ -473,6 +473,11 @@ impl Metrics {
             actuator.missed,
         );
         counter(
+            "ustad_deadline_failsafes_total",
+            "Parts whose verdict missed their deadline: the actuator applied the fail-safe itself.",
+            actuator.expired,
+        );
+        counter(
             "ustad_actuator_errors_total",
             "Failed level changes on the reject output.",
             actuator.pin_errors,
@@ -559,6 +564,8 @@ pub struct ActuatorSnapshot {
     pub late: u64,
     /// Rejects that could not be fired.
     pub missed: u64,
+    /// Parts the actuator failed safe at their deadline (no verdict in time).
+    pub expired: u64,
     /// Failed level changes.
     pub pin_errors: u64,
 }
@@ -571,6 +578,7 @@ impl From<ActuatorStats> for ActuatorSnapshot {
             merged: s.merged,
             late: s.late,
             missed: s.missed,
+            expired: s.expired,
             pin_errors: s.pin_errors,
         }
     }
@@ -655,12 +663,13 @@ impl fmt::Display for Snapshot {
         }
         writeln!(
             f,
-            "actuator: {} rejects, {} pulses ({} merged, {} late, {} missed)",
+            "actuator: {} rejects, {} pulses ({} merged, {} late, {} missed), {} failed safe at their deadline",
             self.actuator.rejects,
             self.actuator.pulses,
             self.actuator.merged,
             self.actuator.late,
-            self.actuator.missed
+            self.actuator.missed,
+            self.actuator.expired
         )?;
         writeln!(f, "engine time per frame:       {}", self.inference)?;
         writeln!(f, "latency capture -> verdict:  {}", self.latency_verdict)?;

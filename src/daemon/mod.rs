@@ -466,6 +466,7 @@ impl Daemon {
             max_frames: options.max_frames,
             mode,
             live: Arc::clone(&live),
+            worker: Arc::clone(&worker),
         };
         let capture_thread = spawn("ustad-capture", move || capture.run())?;
 

@@ -10,13 +10,19 @@
 //! Rules that the line depends on:
 //!
 //! - **Exactly one verdict per part.** Every job the capture thread sends becomes exactly one
-//!   submission to the actuator in [`InferenceStage::finish`]; nothing else submits.
+//!   submission to the actuator in [`InferenceStage::finish`]; the only other verdict is the
+//!   scheduler's own fail-safe at an armed part's deadline, and then the late submission is
+//!   refused ([`Scheduled::Expired`]) and recorded as that fail-safe.
 //! - **Nothing unjudged passes silently.** A frame that is corrupt, dropped by the camera, waits
 //!   too long, does not contain the region of interest, or makes the engine fail becomes a
 //!   fail-safe part (reject by default), counted by reason and logged with its origin.
 //! - **The frame budget is enforced on both sides of inference:** a frame that has already used
 //!   its budget in the queue is not run at all (so a backlog clears quickly instead of making
 //!   every later part late too), and a verdict that comes back over budget is not trusted.
+//! - **A part's deadline does not depend on the queue.** The capture thread arms every part
+//!   with the reject scheduler (deadline = capture + budget) before queueing it; a part still
+//!   waiting for the engine at its deadline gets the fail-safe from the scheduler, in time for
+//!   its pulse, and the verdict that comes later is recorded as over budget.
 //! - **Time comes from the frame**, not from when a thread got to it: pulses are scheduled at
 //!   capture (or trigger) time + delay.
 //!
@@ -31,7 +37,7 @@ use crossbeam_channel::{Receiver, Sender};
 use image::{DynamicImage, RgbImage};
 
 use crate::actuate::trigger::TriggerEvent;
-use crate::actuate::{RejectWorker, Verdict};
+use crate::actuate::{RejectWorker, Scheduled, Verdict};
 use crate::capture::{Backoff, CaptureError, Frame, FrameSource};
 use crate::clock::{Clock, Timestamp};
 use crate::config::{ArchiveConfig, FailSafePolicy, ModelConfig, Roi};
@@ -136,6 +142,8 @@ pub(crate) struct CaptureStage {
     pub max_frames: Option<u64>,
     pub mode: PartMode,
     pub live: Arc<Mutex<Live>>,
+    /// Arms each part before it is queued (see the module doc).
+    pub worker: Arc<RejectWorker>,
 }
 
 impl CaptureStage {
@@ -213,7 +221,20 @@ impl CaptureStage {
     }
 
     fn send_all(&self, jobs: Vec<Job>) -> bool {
+        let budget = self
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .budget;
         for job in jobs {
+            let (part, captured, deadline) = match &job {
+                Job::Frame { part, captured, .. } => (*part, *captured, *captured + budget),
+                // Already known to be unjudgeable: due now, whatever the queue holds.
+                Job::Failed { part, captured, .. } => (*part, *captured, self.clock.now()),
+            };
+            if let Err(e) = self.worker.arm(part, captured, deadline) {
+                log::error!("part {part}: cannot arm the reject actuator: {e}");
+            }
             if self.jobs.send(job).is_err() {
                 log::error!("inference thread has stopped; capture stops too");
                 return false;
@@ -534,23 +555,44 @@ impl InferenceStage {
     }
 
     /// The one place a part gets its verdict: actuator, metrics, archive, log.
-    fn finish(&mut self, o: Outcome, live: &Live) {
-        let (kind, actuate, reason) = match &o.result {
-            Ok(decide::Verdict::Pass) => (VerdictKind::Pass, Verdict::Pass, None),
-            Ok(decide::Verdict::Reject) => (VerdictKind::Reject, Verdict::Reject, None),
+    fn finish(&mut self, mut o: Outcome, live: &Live) {
+        let actuate = match &o.result {
+            Ok(verdict) => Verdict::from(*verdict),
+            Err(_) => Verdict::Unjudged,
+        };
+        let mut commanded = self.clock.now();
+        match self.worker.submit(o.part, o.captured, actuate) {
+            Err(e) => log::error!("part {} ({}): actuator unavailable: {e}", o.part, o.origin),
+            Ok(Scheduled::Expired { decided }) => {
+                // The scheduler applied the fail-safe at the deadline; that is what happened
+                // to the part, whatever the engine said later.
+                commanded = decided;
+                if let Ok(verdict) = &o.result {
+                    let late = o.decided.saturating_duration_since(o.captured);
+                    o.result = Err((
+                        FailReason::OverBudget,
+                        format!(
+                            "verdict {verdict} came {} ms after capture, after the part's \
+                             deadline ({} ms); the fail-safe had been applied",
+                            late.as_millis(),
+                            live.budget.as_millis()
+                        ),
+                    ));
+                }
+            }
+            Ok(_) => {}
+        }
+        let (kind, reason) = match &o.result {
+            Ok(decide::Verdict::Pass) => (VerdictKind::Pass, None),
+            Ok(decide::Verdict::Reject) => (VerdictKind::Reject, None),
             Err((reason, _)) => (
                 match live.policy {
                     FailSafePolicy::Reject => VerdictKind::FailsafeReject,
                     FailSafePolicy::Pass => VerdictKind::FailsafePass,
                 },
-                Verdict::Unjudged,
                 Some(*reason),
             ),
         };
-        if let Err(e) = self.worker.submit(o.part, o.captured, actuate) {
-            log::error!("part {} ({}): actuator unavailable: {e}", o.part, o.origin);
-        }
-        let commanded = self.clock.now();
         let to_verdict = o.decided - o.captured;
         let to_actuator = commanded - o.captured;
         match &o.result {
