@@ -132,17 +132,7 @@ pub fn network_graph(
             }
             PlannedLayer::MaxPool { stride, dilation } => {
                 let out = format!("pool{layer_index}");
-                graph.node(
-                    "MaxPool",
-                    &[&current],
-                    &out,
-                    vec![
-                        ints("kernel_shape", &[2, 2]),
-                        ints("strides", &[stride, stride]),
-                        ints("dilations", &[dilation, dilation]),
-                        ints("pads", &[0, 0, 0, 0]),
-                    ],
-                );
+                graph.max_pool(&current, &out, stride, dilation);
                 current = out;
             }
         }
@@ -239,6 +229,22 @@ impl GraphWriter {
             attribute,
             ..Default::default()
         });
+    }
+
+    /// The architecture's 2×2 max pool (unpadded) at `stride` and `dilation`; the f32 and
+    /// int8 graphs use the same node (on u8 in the latter).
+    pub(crate) fn max_pool(&mut self, input: &str, output: &str, stride: usize, dilation: usize) {
+        self.node(
+            "MaxPool",
+            &[input],
+            output,
+            vec![
+                ints("kernel_shape", &[2, 2]),
+                ints("strides", &[stride, stride]),
+                ints("dilations", &[dilation, dilation]),
+                ints("pads", &[0, 0, 0, 0]),
+            ],
+        );
     }
 
     pub(crate) fn initializer(&mut self, name: &str, dims: &[usize], data: Vec<f32>) {

@@ -425,17 +425,7 @@ pub fn int8_graph(
             }
             PlannedLayer::MaxPool { stride, dilation } => {
                 let out = format!("pool{layer_index}.q");
-                graph.node(
-                    "MaxPool",
-                    &[&current],
-                    &out,
-                    vec![
-                        ints("kernel_shape", &[2, 2]),
-                        ints("strides", &[stride, stride]),
-                        ints("dilations", &[dilation, dilation]),
-                        ints("pads", &[0, 0, 0, 0]),
-                    ],
-                );
+                graph.max_pool(&current, &out, stride, dilation);
                 current = out;
             }
         }

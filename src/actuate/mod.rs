@@ -517,10 +517,10 @@ impl<P: OutputPin, C: Clock> RejectScheduler<P, C> {
                 self.line,
                 self.armed.len()
             );
+            // Their deadline is now: the usual expiry applies the fail-safe to each.
             let now = self.clock.now();
-            for ((part, captured), _) in std::mem::take(&mut self.armed) {
-                self.stats.expired += 1;
-                self.decide(part, captured, Verdict::Unjudged)?;
+            for deadline in self.armed.values_mut() {
+                *deadline = (*deadline).min(now);
             }
             self.poll(now)?;
         }
