@@ -156,6 +156,12 @@ fn check_report(json: &Value, out: &Path, categories: &[&str], per_category: usi
         json["image_auroc"].as_f64(),
         Some(ustad::eval::image_auroc(&s, &d).unwrap())
     );
+    let ci = &json["image_auroc_interval"];
+    let interval = ustad::eval::image_auroc_interval(&s, &d).unwrap();
+    assert_eq!(ci["standard_error"].as_f64(), Some(interval.standard_error));
+    let (low, high) = (ci["low"].as_f64().unwrap(), ci["high"].as_f64().unwrap());
+    let auroc = json["image_auroc"].as_f64().unwrap();
+    assert!(low <= auroc && auroc <= high, "{low} {auroc} {high}");
 
     let per_defect = json["per_defect"].as_array().unwrap();
     let names: Vec<&str> = per_defect

@@ -192,6 +192,81 @@ pub fn image_auroc(scores: &[f32], labels: &[bool]) -> Result<f64, MetricError> 
     Ok(twice_u as f64 / (2 * n_pos * n_neg) as f64)
 }
 
+/// Image AUROC with its DeLong standard error and a normal-approximation confidence interval.
+///
+/// With a few hundred test images an AUROC of 0.6 can be chance or not; the interval says which.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct AurocInterval {
+    /// The empirical AUROC, as [`image_auroc`].
+    pub auroc: f64,
+    /// DeLong et al. (1988) standard error of the empirical AUROC.
+    pub standard_error: f64,
+    /// `auroc ± z · standard_error`, clipped to [0, 1].
+    pub low: f64,
+    pub high: f64,
+    /// Coverage of `low..high` (0.95 for z = 1.96).
+    pub level: f64,
+}
+
+/// [`image_auroc`] with a 95 % confidence interval from DeLong's variance estimate.
+///
+/// DeLong: each defective image's *placement* is the fraction of good images it outscores (ties
+/// one half), and each good image's the fraction of defective images that outscore it; the
+/// AUROC is the mean of either, and its variance `var(placements of defective) / m +
+/// var(placements of good) / n`. Exact O(m·n) pairing; test sets are hundreds of images.
+///
+/// Errors as [`image_auroc`]; with one image in a class the variance of that class is taken as 0.
+pub fn image_auroc_interval(scores: &[f32], labels: &[bool]) -> Result<AurocInterval, MetricError> {
+    let auroc = image_auroc(scores, labels)?;
+    let pos: Vec<f32> = scores
+        .iter()
+        .zip(labels)
+        .filter(|(_, l)| **l)
+        .map(|(s, _)| *s)
+        .collect();
+    let neg: Vec<f32> = scores
+        .iter()
+        .zip(labels)
+        .filter(|(_, l)| !**l)
+        .map(|(s, _)| *s)
+        .collect();
+    let wins = |p: f32, n: f32| {
+        if p > n {
+            1.0
+        } else if p == n {
+            0.5
+        } else {
+            0.0
+        }
+    };
+    let pos_placements: Vec<f64> = pos
+        .iter()
+        .map(|&p| neg.iter().map(|&n| wins(p, n)).sum::<f64>() / neg.len() as f64)
+        .collect();
+    let neg_placements: Vec<f64> = neg
+        .iter()
+        .map(|&n| pos.iter().map(|&p| wins(p, n)).sum::<f64>() / pos.len() as f64)
+        .collect();
+    let sample_variance = |v: &[f64]| {
+        if v.len() < 2 {
+            return 0.0;
+        }
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64
+    };
+    let variance = sample_variance(&pos_placements) / pos.len() as f64
+        + sample_variance(&neg_placements) / neg.len() as f64;
+    let standard_error = variance.sqrt();
+    const Z95: f64 = 1.959_963_984_540_054;
+    Ok(AurocInterval {
+        auroc,
+        standard_error,
+        low: (auroc - Z95 * standard_error).max(0.0),
+        high: (auroc + Z95 * standard_error).min(1.0),
+        level: 0.95,
+    })
+}
+
 /// One point of a ROC or PRO curve.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct CurvePoint {
@@ -840,6 +915,42 @@ mod tests {
         // Ties: pos {0.5, 0.9}, neg {0.5, 0.2} → (0.5 + 1 + 1 + 1) / 4.
         let auc = image_auroc(&[0.5, 0.5, 0.2, 0.9], &[true, false, false, true]).unwrap();
         assert!((auc - 0.875).abs() < EPS);
+    }
+
+    #[test]
+    fn auroc_interval_hand_computed_delong() {
+        // pos {0.35, 0.8}, neg {0.1, 0.4}: placements of pos {0.5, 1}, of neg {1, 0.5};
+        // each sample variance 0.125, so var = 0.125 / 2 + 0.125 / 2 = 0.125.
+        let i = image_auroc_interval(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]).unwrap();
+        assert!((i.auroc - 0.75).abs() < EPS);
+        assert!((i.standard_error - 0.125f64.sqrt()).abs() < 1e-12, "{i:?}");
+        assert!((i.low - (0.75 - 1.959_963_984_540_054 * 0.125f64.sqrt())).abs() < 1e-12);
+        assert_eq!(i.high, 1.0, "clipped");
+        // Perfect separation has no spread of placements: the interval is the point.
+        let labels = [false, true, false, true, true, false];
+        let i = image_auroc_interval(&[0.1, 0.9, 0.2, 0.8, 0.7, 0.3], &labels).unwrap();
+        assert_eq!(
+            (i.auroc, i.standard_error, i.low, i.high),
+            (1.0, 0.0, 1.0, 1.0)
+        );
+    }
+
+    #[test]
+    fn auroc_interval_narrows_with_more_images_and_holds_the_auroc() {
+        // The same overlapping score pattern repeated: the AUROC stays, the error shrinks ~1/√k.
+        let base_scores = [0.1f32, 0.5, 0.3, 0.45, 0.7, 0.2, 0.6, 0.4];
+        let base_labels = [false, true, false, true, true, false, false, true];
+        let repeat = |k: usize| {
+            let s: Vec<f32> = (0..k).flat_map(|_| base_scores).collect();
+            let l: Vec<bool> = (0..k).flat_map(|_| base_labels).collect();
+            image_auroc_interval(&s, &l).unwrap()
+        };
+        let (small, large) = (repeat(4), repeat(64));
+        assert!((small.auroc - large.auroc).abs() < EPS);
+        assert!(small.low <= small.auroc && small.auroc <= small.high);
+        let ratio = small.standard_error / large.standard_error;
+        assert!((3.5..4.5).contains(&ratio), "ratio {ratio}");
+        assert!(image_auroc_interval(&[1.0], &[true]).is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod run;
 
 pub use components::{Components, connected_components};
 pub use metrics::{
-    CurvePoint, MapSample, Mask, MetricError, Mistakes, PixelEval, ThresholdReport, area_under,
-    au_pro, image_auroc, mistakes, pixel_auroc, roc_curve,
+    AurocInterval, CurvePoint, MapSample, Mask, MetricError, Mistakes, PixelEval, ThresholdReport,
+    area_under, au_pro, image_auroc, image_auroc_interval, mistakes, pixel_auroc, roc_curve,
 };
 pub use plot::{PlotError, PlotStyle, render_pro, render_roc, write_pro_png, write_roc_png};

@@ -24,7 +24,8 @@ use serde::Serialize;
 use thiserror::Error;
 
 use super::metrics::{
-    MapSample, Mask, MetricError, PixelEval, ThresholdReport, image_auroc, mistakes, roc_curve,
+    AurocInterval, MapSample, Mask, MetricError, PixelEval, ThresholdReport, image_auroc,
+    image_auroc_interval, mistakes, roc_curve,
 };
 use super::plot::{PlotError, PlotStyle, write_pro_png, write_roc_png};
 use crate::bundle::InputSpec;
@@ -363,6 +364,8 @@ pub struct EvalReport {
     pub good: usize,
     pub defective: usize,
     pub image_auroc: f64,
+    /// DeLong 95 % confidence interval of `image_auroc`: is the bundle better than chance?
+    pub image_auroc_interval: AurocInterval,
     pub pixel_auroc: f64,
     pub au_pro: f64,
     pub au_pro_fpr_limit: f64,
@@ -390,7 +393,7 @@ impl EvalReport {
     ) -> Result<(Self, PixelEval), EvalRunError> {
         let scores: Vec<f32> = evaluation.images.iter().map(|i| i.score).collect();
         let defective: Vec<bool> = evaluation.images.iter().map(|i| i.defective).collect();
-        let image_auroc_all = image_auroc(&scores, &defective)?;
+        let image_auroc_all = image_auroc_interval(&scores, &defective)?;
         let at_threshold =
             ThresholdReport::at_threshold(&scores, &defective, evaluation.threshold)?;
 
@@ -481,7 +484,8 @@ impl EvalReport {
             images: scores.len(),
             good: defective.iter().filter(|&&d| !d).count(),
             defective: defective.iter().filter(|&&d| d).count(),
-            image_auroc: image_auroc_all,
+            image_auroc: image_auroc_all.auroc,
+            image_auroc_interval: image_auroc_all,
             pixel_auroc: pixels.auroc(),
             au_pro,
             au_pro_fpr_limit: fpr_limit,
@@ -510,7 +514,14 @@ impl EvalReport {
             self.precision,
             self.mean_frame_ms
         ));
-        s.push_str(&format!("image AUROC   {:.4}\n", self.image_auroc));
+        let ci = &self.image_auroc_interval;
+        s.push_str(&format!(
+            "image AUROC   {:.4}  ({:.0} % CI {:.3}–{:.3}, DeLong)\n",
+            self.image_auroc,
+            100.0 * ci.level,
+            ci.low,
+            ci.high
+        ));
         s.push_str(&format!("pixel AUROC   {:.4}\n", self.pixel_auroc));
         s.push_str(&format!(
             "AU-PRO@{}    {:.4}  ({} ground-truth regions)\n",
@@ -567,7 +578,10 @@ pub fn write_outputs(
     write_roc_png(
         &dir.join("roc.png"),
         &roc_curve(&scores, &defective)?,
-        &format!("IMAGE ROC  AUROC {:.3}", report.image_auroc),
+        &format!(
+            "IMAGE ROC  AUROC {:.3} (95% CI {:.3}-{:.3})",
+            report.image_auroc, report.image_auroc_interval.low, report.image_auroc_interval.high
+        ),
         &style,
     )?;
     // Thinned to 1/500: invisible at 600 px, and keeps tens of millions of points out of the PNG.

@@ -58,6 +58,37 @@ pub struct Preset {
     /// Train on at most this many fit images (0 = all): bounds the training time of CPU presets.
     #[serde(default)]
     pub max_fit_images: usize,
+    /// How the learning rate moves over the run (constant when the preset does not say).
+    #[serde(default)]
+    pub schedule: Schedule,
+}
+
+/// Learning-rate schedule of the student training.
+///
+/// With small batches the gradient noise sets a floor under the loss at a constant rate;
+/// decaying the rate towards the end lets the students settle below it without a longer run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// The preset's learning rate for every step.
+    #[default]
+    Constant,
+    /// Half a cosine from the preset's rate down to zero over all steps of the run
+    /// (`epochs × steps per epoch`; a resumed run continues the same curve).
+    Cosine,
+}
+
+impl Schedule {
+    /// The learning rate of step `step` (0-based) out of `total` steps.
+    pub fn rate(self, base: f64, step: usize, total: usize) -> f64 {
+        match self {
+            Schedule::Constant => base,
+            Schedule::Cosine => {
+                let progress = step as f64 / total.max(1) as f64;
+                base * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+            }
+        }
+    }
 }
 
 /// Presets compiled into the binary; a path to a `.toml` file works too.
@@ -417,6 +448,8 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
         );
         training.set_prefix(p.to_string());
         training.set_position((start_epoch * steps_per_epoch) as u64);
+        let total_steps = preset.epochs * steps_per_epoch;
+        let mut step = start_epoch * steps_per_epoch;
         for epoch in start_epoch..preset.epochs {
             let mut order: Vec<usize> = (0..train_inputs.len()).collect();
             order.shuffle(&mut StdRng::seed_from_u64(
@@ -451,7 +484,11 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
                     bail!("no students")
                 };
                 let grads = GradientsParams::from_grads(total.backward(), &ensemble);
-                ensemble = optimizer.step(preset.learning_rate, ensemble, grads);
+                let rate = preset
+                    .schedule
+                    .rate(preset.learning_rate, step, total_steps);
+                ensemble = optimizer.step(rate, ensemble, grads);
+                step += 1;
                 if values.iter().any(|v| !v.is_finite()) {
                     bail!(
                         "p = {p}: student training diverged in epoch {} (losses {values:?})",
@@ -462,7 +499,7 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
                     *e += *v as f64 * b as f64;
                 }
                 training.set_message(format!(
-                    "epoch {} loss {:.3}",
+                    "epoch {} lr {rate:.1e} loss {:.3}",
                     epoch + 1,
                     values.iter().sum::<f32>() / values.len() as f32
                 ));
@@ -646,6 +683,15 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
         toml::Value::Integer(val_images.paths.len() as i64),
     );
     extra.insert("epochs".into(), toml::Value::Integer(preset.epochs as i64));
+    extra.insert("batch".into(), toml::Value::Integer(preset.batch as i64));
+    extra.insert(
+        "learning_rate".into(),
+        toml::Value::Float(preset.learning_rate),
+    );
+    extra.insert(
+        "schedule".into(),
+        toml::Value::String(format!("{:?}", preset.schedule).to_lowercase()),
+    );
     extra.insert("symmetric".into(), toml::Value::Boolean(options.symmetric));
     extra.insert("seed".into(), toml::Value::Integer(options.seed as i64));
     extra.insert(

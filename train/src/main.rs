@@ -57,6 +57,9 @@ struct FitArgs {
     /// Override the preset's learning rate.
     #[arg(long)]
     learning_rate: Option<f64>,
+    /// Override the preset's learning-rate schedule.
+    #[arg(long, value_enum)]
+    schedule: Option<ustad_train::fit::Schedule>,
     #[arg(long, default_value_t = 1e-5)]
     weight_decay: f64,
     /// Fraction of train/good held out for calibration.
@@ -205,6 +208,7 @@ fn main() -> Result<()> {
             preset.epochs = a.epochs.unwrap_or(preset.epochs);
             preset.batch = a.batch.unwrap_or(preset.batch);
             preset.learning_rate = a.learning_rate.unwrap_or(preset.learning_rate);
+            preset.schedule = a.schedule.unwrap_or(preset.schedule);
             let max_fit_images = a.max_fit_images.unwrap_or(preset.max_fit_images);
             let options = ustad_train::fit::FitOptions {
                 data: a.data,

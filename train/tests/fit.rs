@@ -7,7 +7,7 @@ use ustad::bundle::Bundle;
 use ustad::calibrate::threshold_from_good;
 use ustad::infer::{Engine, EngineOptions};
 use ustad::weights::NetworkWeights;
-use ustad_train::fit::{FitOptions, Preset, channel_statistics, fit};
+use ustad_train::fit::{FitOptions, Preset, Schedule, channel_statistics, fit};
 
 fn mtd() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mtd")
@@ -106,7 +106,8 @@ fn statistics_match_a_direct_computation() {
 fn fit_exports_a_calibrated_bundle_that_scores_like_the_trainer() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 10);
-    let options = options(dir.path(), data);
+    let mut options = options(dir.path(), data);
+    options.preset.schedule = Schedule::Cosine;
     let report = fit(&options, &Device::flex().autodiff()).unwrap();
     assert_eq!((report.fit_images, report.validation_images), (7, 3));
     assert!(
@@ -134,6 +135,11 @@ fn fit_exports_a_calibrated_bundle_that_scores_like_the_trainer() {
         bundle.manifest.provenance.extra["preset"].as_str(),
         Some("tiny")
     );
+    // The training recipe is recorded, so a bundle says how it was made.
+    let extra = &bundle.manifest.provenance.extra;
+    assert_eq!(extra["schedule"].as_str(), Some("cosine"));
+    assert_eq!(extra["learning_rate"].as_float(), Some(1e-4));
+    assert_eq!(extra["batch"].as_integer(), Some(4));
 }
 
 /// The validation split is the last `n` of the seeded shuffle: recompute it as `fit` does.
@@ -179,4 +185,41 @@ fn empty_and_unreadable_datasets_are_clear_errors() {
         err.contains("zz_truncated.png") && err.contains("unreadable"),
         "{err}"
     );
+}
+
+#[test]
+fn cosine_schedule_starts_at_the_rate_halves_midway_and_ends_at_zero() {
+    let total = 640;
+    let rates: Vec<f64> = (0..=total)
+        .map(|step| Schedule::Cosine.rate(1e-3, step, total))
+        .collect();
+    assert_eq!(rates[0], 1e-3);
+    assert!(
+        (rates[total / 2] - 5e-4).abs() < 1e-12,
+        "{}",
+        rates[total / 2]
+    );
+    assert!(rates[total].abs() < 1e-12, "{}", rates[total]);
+    assert!(rates.windows(2).all(|w| w[1] <= w[0]), "not decreasing");
+    // Past the end (a resumed run asked for fewer epochs) the rate stays at zero, never rises.
+    assert!(Schedule::Cosine.rate(1e-3, total + 50, total).abs() < 1e-12);
+    assert!((0..total).all(|step| Schedule::Constant.rate(1e-3, step, total) == 1e-3));
+}
+
+#[test]
+fn presets_read_the_schedule_and_refuse_an_unknown_one() {
+    for name in ["edge", "edge-p65", "paper"] {
+        assert_eq!(
+            Preset::load(name).unwrap().schedule,
+            Schedule::Constant,
+            "{name}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(small_preset(dir.path()).schedule, Schedule::Constant);
+    let path = dir.path().join("bad.toml");
+    let preset = std::fs::read_to_string(dir.path().join("tiny.toml")).unwrap();
+    std::fs::write(&path, format!("schedule = \"linear\"\n{preset}")).unwrap();
+    let err = format!("{:#}", Preset::load(path.to_str().unwrap()).unwrap_err());
+    assert!(err.contains("bad.toml") && err.contains("linear"), "{err}");
 }
