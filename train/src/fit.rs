@@ -74,7 +74,8 @@ pub enum Schedule {
     #[default]
     Constant,
     /// Half a cosine from the preset's rate down to zero over all steps of the run
-    /// (`epochs × steps per epoch`; a resumed run continues the same curve).
+    /// (`epochs × steps per epoch`). A run resumed with the same epochs continues the same
+    /// curve; more epochs on resume stretch the rest of it.
     Cosine,
 }
 
@@ -449,14 +450,13 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
         training.set_prefix(p.to_string());
         training.set_position((start_epoch * steps_per_epoch) as u64);
         let total_steps = preset.epochs * steps_per_epoch;
-        let mut step = start_epoch * steps_per_epoch;
         for epoch in start_epoch..preset.epochs {
             let mut order: Vec<usize> = (0..train_inputs.len()).collect();
             order.shuffle(&mut StdRng::seed_from_u64(
                 options.seed ^ ((epoch as u64 + 1) * 0x9E37_79B9),
             ));
             let mut epoch_loss = vec![0.0f64; preset.students];
-            for batch in order.chunks(preset.batch) {
+            for (batch_index, batch) in order.chunks(preset.batch).enumerate() {
                 let b = batch.len();
                 let mut x = Vec::with_capacity(b * 3 * width * height);
                 let mut y = Vec::with_capacity(b * DESCRIPTOR_DIM * pixels);
@@ -484,11 +484,11 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
                     bail!("no students")
                 };
                 let grads = GradientsParams::from_grads(total.backward(), &ensemble);
+                let step = epoch * steps_per_epoch + batch_index;
                 let rate = preset
                     .schedule
                     .rate(preset.learning_rate, step, total_steps);
                 ensemble = optimizer.step(rate, ensemble, grads);
-                step += 1;
                 if values.iter().any(|v| !v.is_finite()) {
                     bail!(
                         "p = {p}: student training diverged in epoch {} (losses {values:?})",
@@ -688,10 +688,7 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
         "learning_rate".into(),
         toml::Value::Float(preset.learning_rate),
     );
-    extra.insert(
-        "schedule".into(),
-        toml::Value::String(format!("{:?}", preset.schedule).to_lowercase()),
-    );
+    extra.insert("schedule".into(), toml::Value::try_from(preset.schedule)?);
     extra.insert("symmetric".into(), toml::Value::Boolean(options.symmetric));
     extra.insert("seed".into(), toml::Value::Integer(options.seed as i64));
     extra.insert(
