@@ -61,6 +61,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ustad", type=Path, default=default_ustad(),
                    help="ustad binary (default: $USTAD_BIN or $CARGO_TARGET_DIR/release/ustad)")
     p.add_argument("--skip-ort", action="store_true", help="leave the ORT column empty")
+    p.add_argument("--skip-int8", action="store_true",
+                   help="bench f32 only even where int8 is exported (its column then reads \"n/b\")")
     return p.parse_args()
 
 
@@ -114,7 +116,7 @@ def measure(name: str, bundle: Path, args: argparse.Namespace, log: list[str]) -
     run(cmd, log, capture=False)
     report = json.loads((work / "eval" / "report.json").read_text())
 
-    precisions = "f32,int8" if has_int8 else "f32"
+    precisions = "f32,int8" if has_int8 and not args.skip_int8 else "f32"
     bench = json.loads(run([u, "bench", "--bundle", str(bundle), "--precision", precisions,
                             "--threads", threads, "--warmup", str(args.warmup),
                             "--runs", str(args.runs), "--json"], log))
@@ -136,6 +138,7 @@ def measure(name: str, bundle: Path, args: argparse.Namespace, log: list[str]) -
         "image_auroc_ci": (report["image_auroc_interval"]["low"], report["image_auroc_interval"]["high"]),
         "au_pro": report["au_pro"], "frr": t["false_reject_rate"], "escape": t["escape_rate"],
         "f32_ms": ms.get("f32"), "int8_ms": ms.get("int8"), "ratio": ratio,
+        "int8_skipped": has_int8 and args.skip_int8,
         "images": report["images"], "recommendation": bench.get("recommendation"),
     }
 
@@ -153,7 +156,8 @@ def table(rows: list[dict], args: argparse.Namespace, log: list[str]) -> str:
             f"| {r['preset']} | {r['input']} | {r['scales']} | {fmt(r['image_auroc'], '.3f')} "
             f"({r['image_auroc_ci'][0]:.3f}–{r['image_auroc_ci'][1]:.3f}) "
             f"| {fmt(r['pixel_auroc'], '.3f')} | {fmt(r['au_pro'], '.3f')} | {pct(r['frr'])} "
-            f"| {pct(r['escape'])} | {fmt(r['f32_ms'], '.1f')} | {fmt(r['int8_ms'], '.1f')} "
+            f"| {pct(r['escape'])} | {fmt(r['f32_ms'], '.1f')} "
+            f"| {fmt(r['int8_ms'], '.1f', 'n/b' if r['int8_skipped'] else '—')} "
             f"| {fmt(r['ratio'], '.2f')} |"
         )
     images = sorted({r["images"] for r in rows})
@@ -164,7 +168,7 @@ def table(rows: list[dict], args: argparse.Namespace, log: list[str]) -> str:
         "Image AUROC interval: DeLong, as `ustad eval` reports it. "
         "False rejects and escapes at each bundle's own threshold. Latency: median whole frame "
         f"(resize, networks, scoring) over {args.runs} frames after {args.warmup} warm-up; int8 "
-        "\"—\" = not exported. ustad / ORT: ustad's whole frame (f32) over ONNX Runtime's time for "
+        "\"—\" = not exported, \"n/b\" = exported but not benchmarked (--skip-int8). ustad / ORT: ustad's whole frame (f32) over ONNX Runtime's time for "
         "the same networks alone, in ORT's faster schedule (sequential or one thread per network).",
         "",
         f"Machine: {machine(args.threads)}.",

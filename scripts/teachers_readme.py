@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
 """Writes the results table of models/teachers/README.md from the teachers' report.json files.
 
-Each `ustad-train teacher --out models/teachers/pNN.ustw ...` run writes pNN.report.json and
-pNN.loss.csv beside the weights; this script only copies their numbers into the table between
-the markers of models/teachers/README.md, so the README never holds a hand-typed number.
+Each `ustad-train teacher --out DIR/pNN.ustw ...` run writes pNN.report.json, pNN.loss.csv and
+pNN.loss.png beside the weights; this script only copies their numbers into the table between
+the markers of models/teachers/README.md, so the README never holds a hand-typed number. It reads
+the shipped teachers (models/teachers/pNN.*) and the earlier patch-distilled ones kept for
+comparison (models/teachers/patch/pNN.*).
 """
 import json
 import sys
 from pathlib import Path
 
+from markers import splice
+
 root = Path(__file__).resolve().parent.parent / "models" / "teachers"
 readme = root / "README.md"
 rows = [
-    "| p | iterations | patches/s (training) | final val. L_k | target variance | LS-decoder val. L_k: trained | LS-decoder val. L_k: random teacher |",
-    "|---|---|---|---|---|---|---|",
+    "| file | p | distillation | iterations | crops or patches/s | targets/s | final val. L_k | target variance | LS probe val. L_k: trained | LS probe val. L_k: random teacher | probe: trained / random |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 
 
@@ -21,19 +25,27 @@ def fmt(value, digits=1):
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-for report_path in sorted(root.glob("p*.report.json"), key=lambda p: int(p.stem.split(".")[0][1:])):
+def patch_size(path):
+    return int(path.name.split(".")[0][1:])
+
+
+reports = sorted(root.glob("p*.report.json"), key=patch_size) + sorted(
+    (root / "patch").glob("p*.report.json"), key=patch_size
+)
+for report_path in reports:
     r = json.loads(report_path.read_text())
+    mode = r.get("distillation", "patch")
+    dense = r.get("dense") or {}
+    rate = r.get("patches_per_second") or None
+    targets = dense.get("targets_per_second") if dense else rate
+    trained, random = r.get("fitted_validation_k"), r.get("random_teacher_fitted_validation_k")
+    ratio = trained / random if trained is not None and random else None
+    name = report_path.relative_to(root).as_posix().replace(".report.json", ".ustw")
     rows.append(
-        f"| {r['patch_size']} | {r['iterations']} | {fmt(r.get('patches_per_second') or None)} | "
-        f"{fmt(r.get('final_validation_k'))} | {fmt(r.get('target_variance'))} | "
-        f"{fmt(r.get('fitted_validation_k'))} | {fmt(r.get('random_teacher_fitted_validation_k'))} |"
+        f"| `{name}` | {r['patch_size']} | {mode} | {r['iterations']} | {fmt(rate)} | {fmt(targets, 0)} | "
+        f"{fmt(r.get('final_validation_k'), 3)} | {fmt(r.get('target_variance'), 3)} | "
+        f"{fmt(trained, 3)} | {fmt(random, 3)} | {fmt(ratio, 2)} |"
     )
 table = "\n".join(rows)
-text = readme.read_text()
-begin, end = "<!-- teachers:begin -->", "<!-- teachers:end -->"
-if begin not in text or end not in text:
-    sys.exit(f"{readme}: markers {begin} / {end} missing")
-head, rest = text.split(begin, 1)
-_, tail = rest.split(end, 1)
-readme.write_text(f"{head}{begin}\n{table}\n{end}{tail}")
+splice(readme, "teachers", table)
 print(table)

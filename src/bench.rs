@@ -862,6 +862,7 @@ mod tests {
                         rule: String::new(),
                     },
                     provenance: Default::default(),
+                    checksums: Default::default(),
                 },
             };
             let costs = scale_costs(&bundle).unwrap();

@@ -165,6 +165,10 @@ pub struct Manifest {
     pub decision: Decision,
     #[serde(default)]
     pub provenance: Provenance,
+    /// SHA-256 (hex) of every network file, by file name, written by [`Bundle::save_manifest`].
+    /// Protobuf parsing and shape checks cannot see a tensor zeroed in place; a checksum can.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checksums: BTreeMap<String, String>,
 }
 
 /// Numeric precision of the networks the engine runs.
@@ -252,8 +256,15 @@ impl Bundle {
         Ok(bundle)
     }
 
-    /// Writes the manifest into `self.dir` (the network files are written by the exporter).
-    pub fn save_manifest(&self) -> Result<(), BundleError> {
+    /// Writes the manifest into `self.dir`, recording the checksum of every network file it
+    /// names (the network files are written by the exporter before this).
+    pub fn save_manifest(&mut self) -> Result<(), BundleError> {
+        let mut checksums = BTreeMap::new();
+        for name in self.network_file_names() {
+            let digest = file_sha256(&self.file(name))?;
+            checksums.insert(name.to_string(), digest);
+        }
+        self.manifest.checksums = checksums;
         let path = self.dir.join(MANIFEST);
         let text = toml::to_string_pretty(&self.manifest).map_err(|e| BundleError::Parse {
             path: path.clone(),
@@ -263,6 +274,42 @@ impl Bundle {
             "# ustad model bundle. Written by ustad-train; see README.md for the fields.\n";
         std::fs::write(&path, format!("{header}{text}"))
             .map_err(|source| BundleError::Io { path, source })
+    }
+
+    /// Every network file the manifest names (f32 and int8), in manifest order.
+    pub fn network_file_names(&self) -> Vec<&str> {
+        let mut names = Vec::new();
+        for scale in &self.manifest.scales {
+            names.push(scale.teacher.as_str());
+            names.extend(scale.students.iter().map(String::as_str));
+            if let Some(int8) = &scale.int8 {
+                names.push(int8.teacher.as_str());
+                names.extend(int8.students.iter().map(String::as_str));
+            }
+        }
+        names
+    }
+
+    /// Refuses a network file whose content is not what the exporter wrote.
+    fn check_checksum(&self, name: &str, field: &str) -> Result<(), BundleError> {
+        let path = self.file(name);
+        let error = |message: String| BundleError::Network {
+            path: path.clone(),
+            field: field.to_string(),
+            message,
+        };
+        let Some(expected) = self.manifest.checksums.get(name) else {
+            return Err(error(format!(
+                "no checksum recorded in {MANIFEST} (`checksums`) for this file"
+            )));
+        };
+        let found = file_sha256(&path)?;
+        if &found != expected {
+            return Err(error(format!(
+                "content changed since export: SHA-256 {found}, {MANIFEST} records {expected}"
+            )));
+        }
+        Ok(())
     }
 
     /// Path of a file named in the manifest.
@@ -427,10 +474,45 @@ impl Bundle {
             }
             for (field_name, file) in files {
                 check_network_file(&self.file(file), &field_name, &input_shape, &output_shape)?;
+                // Parsing and shapes cannot see a tensor damaged in place; the checksum can.
+                if !m.checksums.is_empty() {
+                    self.check_checksum(file, &field_name)?;
+                }
             }
+        }
+        if m.checksums.is_empty() {
+            log::warn!(
+                "{}: no `checksums` (written by an older ustad-train): a network file damaged in place would go unnoticed; re-save it with `ustad-train calibrate`",
+                path.display()
+            );
         }
         Ok(())
     }
+}
+
+/// SHA-256 of a file's content, lower-case hex.
+pub fn file_sha256(path: &Path) -> Result<String, BundleError> {
+    use sha2::Digest;
+    use std::io::Read;
+    let io = |source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Parses an ONNX file's protobuf (not its weights' semantics: tract does that at load) and

@@ -71,6 +71,17 @@ pub enum ConfigError {
         /// The reason.
         message: String,
     },
+    /// Well-formed, but what it names cannot be used here (found by `check-config`, which
+    /// opens the bundle, the replay folder and the archive folder as `run` would).
+    #[error("{}: `{field}`: {message}", file.display())]
+    Unusable {
+        /// The config file.
+        file: PathBuf,
+        /// The dotted key naming the unusable thing.
+        field: String,
+        /// Why it cannot be used.
+        message: String,
+    },
 }
 
 impl ConfigError {
@@ -78,7 +89,7 @@ impl ConfigError {
     pub fn line(&self) -> Option<usize> {
         match self {
             ConfigError::Invalid { location, .. } => location.map(|l| l.line),
-            ConfigError::Read { .. } => None,
+            ConfigError::Read { .. } | ConfigError::Unusable { .. } => None,
         }
     }
 
@@ -86,6 +97,7 @@ impl ConfigError {
     pub fn field(&self) -> Option<&str> {
         match self {
             ConfigError::Invalid { field, .. } => field.as_deref(),
+            ConfigError::Unusable { field, .. } => Some(field),
             ConfigError::Read { .. } => None,
         }
     }
@@ -727,11 +739,19 @@ fn problem(path: &[&str], message: impl Into<String>) -> Problem {
     }
 }
 
+/// Frame rates a line can have: one frame every 100 s up to 1000 frames/s. Outside this a
+/// typo (`1e-30`) would overflow the frame period.
+const FPS_RANGE: std::ops::RangeInclusive<f64> = 0.01..=1000.0;
+
 fn positive_fps(path: &[&str], fps: Option<f64>) -> Result<Option<f64>, Problem> {
     match fps {
-        Some(f) if !(f.is_finite() && f > 0.0) => Err(problem(
+        Some(f) if !(f.is_finite() && FPS_RANGE.contains(&f)) => Err(problem(
             path,
-            format!("must be a positive frame rate, got {f}"),
+            format!(
+                "must be a frame rate between {} and {} frames/s, got {f}",
+                FPS_RANGE.start(),
+                FPS_RANGE.end()
+            ),
         )),
         other => Ok(other),
     }
@@ -775,9 +795,14 @@ fn validate(raw: RawConfig) -> Result<Config, Problem> {
 
     let m = raw.model;
     if let Some(t) = m.threshold
-        && !t.is_finite()
+        && !(t.is_finite() && t > 0.0)
     {
-        return Err(problem(&["model", "threshold"], "must be a finite number"));
+        return Err(problem(
+            &["model", "threshold"],
+            format!(
+                "must be a finite number > 0 (an image score is the upper tail of a map normalised to mean 0 on good parts: a threshold ≤ 0 rejects nearly every part), got {t}"
+            ),
+        ));
     }
     if !(m.sensitivity.is_finite() && m.sensitivity > 0.0) {
         return Err(problem(

@@ -357,7 +357,7 @@ pub fn write_bundle(
             calibration: scale.calibration,
         });
     }
-    let bundle = Bundle {
+    let mut bundle = Bundle {
         dir: dir.to_path_buf(),
         manifest: Manifest {
             format_version: FORMAT_VERSION,
@@ -366,6 +366,7 @@ pub fn write_bundle(
             image_score,
             decision,
             provenance,
+            checksums: Default::default(),
         },
     };
     bundle.save_manifest()?;

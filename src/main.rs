@@ -116,7 +116,7 @@ fn score(
     let threshold = engine.threshold();
     let mut failures = 0;
     for file in &files {
-        let image = match image::open(file) {
+        let image = match ustad::capture::decode::load_image_file(file) {
             Ok(image) => image,
             Err(e) => {
                 // A part we cannot read is a part we cannot pass.
@@ -143,11 +143,7 @@ fn score(
                         0.0,
                         threshold.max(1e-3) * 1.5,
                     );
-                    let stem = file
-                        .file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    let out = dir.join(format!("{stem}.png"));
+                    let out = dir.join(heatmap_name(file, inputs));
                     overlay
                         .save(&out)
                         .with_context(|| format!("writing {}", out.display()))?;
@@ -160,10 +156,26 @@ fn score(
         }
     }
     if failures > 0 {
-        log::warn!(
-            "{failures} of {} images could not be judged and were rejected",
+        bail!(
+            "{failures} of {} images could not be judged (listed above as rejects)",
             files.len()
         );
     }
     Ok(())
+}
+
+/// The heatmap file of `file`: its path below the input folder it was found in, with `__`
+/// for each `/`, so that `crack/000.png` and `hole/000.png` do not overwrite each other.
+fn heatmap_name(file: &Path, inputs: &[PathBuf]) -> String {
+    let relative = inputs
+        .iter()
+        .filter(|root| root.is_dir())
+        .find_map(|root| file.strip_prefix(root).ok())
+        .unwrap_or_else(|| Path::new(file.file_name().unwrap_or(file.as_os_str())));
+    let stem = relative.with_extension("");
+    let parts: Vec<String> = stem
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    format!("{}.png", parts.join("__"))
 }

@@ -161,3 +161,50 @@ fn a_single_student_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_network_zeroed_in_place_is_refused_by_its_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let scales = vec![common::random_scale(17, 1, 2, 3)];
+    let bundle = common::write_random_bundle(
+        dir.path(),
+        InputSpec::imagenet(16, 12),
+        &scales,
+        ImageScoreRule::default(),
+        1.0,
+    );
+    assert_eq!(
+        bundle.manifest.checksums.len(),
+        bundle.network_file_names().len(),
+        "every network file has a checksum"
+    );
+    // Zero 4 KiB inside the teacher's second conv weights (not folded with any
+    // normalisation, so stored exactly): size, protobuf framing and shapes stay valid.
+    let teacher = &bundle.manifest.scales[0].teacher;
+    let path = dir.path().join(teacher);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let needle: Vec<u8> = scales[0].teacher.convs[1].weight[..8]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .expect("conv weights stored as raw little-endian f32");
+    bytes[at..at + 4096].iter_mut().for_each(|b| *b = 0);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = load_error(dir.path());
+    assert!(
+        err.contains(teacher.as_str())
+            && err.contains("SHA-256")
+            && err.contains("scales[0].teacher"),
+        "{err}"
+    );
+    // Without the checksums the damaged bundle would load: nothing else can see it.
+    let manifest_path = dir.path().join(MANIFEST);
+    let mut manifest: ustad::bundle::Manifest =
+        toml::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest.checksums.clear();
+    std::fs::write(&manifest_path, toml::to_string(&manifest).unwrap()).unwrap();
+    assert!(Bundle::load(dir.path()).is_ok());
+}

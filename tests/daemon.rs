@@ -578,7 +578,9 @@ impl Trigger for ScriptedTrigger {
 fn trigger_mode_judges_one_part_per_trigger_timed_from_the_trigger() {
     let s = setup();
     let cfg_path = s.root.join("daemon.toml");
-    let text = config_text(&s, &s.root, "threshold = -1000000.0", "").replace(
+    // The smallest threshold a config accepts (> 0): an image score is the upper tail of a map
+    // normalised to mean 0 on good parts, so every part is rejected and every pulse is seen.
+    let text = config_text(&s, &s.root, "threshold = 1e-6", "").replace(
         "[reject]",
         "[trigger]\nmode = \"gpio\"\nline = \"GPIO27\"\ndebounce_ms = 1\n\n[reject]",
     );
@@ -783,6 +785,68 @@ fn check_config_reports_the_line() {
     );
 }
 
+/// `check-config` opens what `run` would open: a bundle that does not load, a replay folder
+/// with no images and an archive folder that cannot be written are errors naming the key, and
+/// values that would crash or reject everything are refused with their line.
+#[test]
+fn check_config_refuses_what_cannot_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replay = std::fs::read_to_string(repo("config/replay.toml")).expect("replay.toml");
+    let check = |name: &str, text: String| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ustad"))
+            .args(["check-config"])
+            .arg(&file)
+            .current_dir(repo("."))
+            .output()
+            .expect("run ustad");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, b"x").expect("write");
+    let cases = [
+        (
+            "bundle",
+            replay.replace("models/bundles/mtd-edge", "models/bundles/absent"),
+            "model.bundle",
+        ),
+        (
+            "folder",
+            replay.replace("../shared/data/mtd/test", &empty.display().to_string()),
+            "camera.path",
+        ),
+        (
+            "archive",
+            replay.replace(
+                "target/ustad-replay-archive",
+                &not_a_dir.join("sub").display().to_string(),
+            ),
+            "archive.dir",
+        ),
+        (
+            "fps",
+            replay.replace("fps = 2", "fps = 1e-30"),
+            "camera.fps",
+        ),
+        (
+            "threshold",
+            replay.replace("sensitivity = 1.0", "sensitivity = 1.0\nthreshold = 0.0"),
+            "model.threshold",
+        ),
+    ];
+    for (name, text, key) in cases {
+        let (code, err) = check(&format!("{name}.toml"), text);
+        assert_eq!(code, Some(1), "{name}: {err}");
+        assert!(err.contains(key), "{name}: {err}");
+    }
+}
+
 /// The real binary under real signals: SIGHUP with a broken file keeps it running and logs
 /// the line; SIGTERM stops it gracefully with a summary.
 #[test]
@@ -826,6 +890,15 @@ fn sighup_with_a_bad_config_keeps_ustad_run_running() {
             }
         }
     };
+    // A SIGHUP while the bundle is still loading is queued, not fatal (its default action
+    // used to kill the process in its first ~0.3 s).
+    std::thread::sleep(Duration::from_millis(30));
+    let early = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(early.success());
+    wait_for("SIGHUP: reloading");
     wait_for("part 3 ");
     let bad = good.replace("delay_ms = 500", "delay_ms = 500\ndelay = 1");
     let line = line_of(&bad, "delay = 1");

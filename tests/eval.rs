@@ -306,3 +306,39 @@ fn cli_writes_the_report_and_names_a_missing_mask() {
     assert!(!o.status.success());
     assert!(stderr.contains("test/good"), "{stderr}");
 }
+
+/// `ustad score` judges files as the daemon does: a truncated JPEG is a reject and a failing
+/// exit, and heatmaps of same-named images in different folders do not overwrite each other.
+#[test]
+fn score_uses_the_daemons_decoder_and_keeps_every_heatmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mtd/test");
+    for category in ["crack", "good"] {
+        let first = ustad::dataset::images_in(&data.join(category)).unwrap()[0].clone();
+        std::fs::create_dir_all(inputs.join(category)).unwrap();
+        std::fs::copy(&first, inputs.join(category).join("000.jpg")).unwrap();
+    }
+    let good = std::fs::read(inputs.join("good/000.jpg")).unwrap();
+    std::fs::write(inputs.join("truncated.jpg"), &good[..good.len() / 2]).unwrap();
+    let maps = dir.path().join("maps");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ustad"))
+        .args(["score", "--bundle"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/bundles/mtd-edge"))
+        .arg("--heatmaps")
+        .arg(&maps)
+        .arg(&inputs)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success(),
+        "an unreadable image fails the run:\n{stdout}"
+    );
+    let truncated = stdout
+        .lines()
+        .find(|l| l.contains("truncated.jpg"))
+        .unwrap_or_else(|| panic!("no line for the truncated file:\n{stdout}"));
+    assert!(truncated.contains("reject"), "{truncated}");
+    assert!(maps.join("crack__000.png").is_file() && maps.join("good__000.png").is_file());
+}

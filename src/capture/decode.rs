@@ -51,6 +51,17 @@ pub enum DecodeError {
         /// Bytes present.
         got: usize,
     },
+    /// The image declares more pixels than this reader decodes (a decompression bomb, or a
+    /// frame far larger than any camera of the line sends). Refused before any allocation.
+    #[error("image of {width}x{height} exceeds the limit of {max_pixels} pixels")]
+    TooLarge {
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+        /// The limit.
+        max_pixels: u64,
+    },
     /// The colour conversion library refused the buffer.
     #[error("{format} conversion failed: {reason}")]
     Convert {
@@ -246,15 +257,58 @@ pub fn insert_standard_huffman_tables(data: &[u8]) -> Result<Cow<'_, [u8]>, Deco
     Ok(Cow::Owned(out))
 }
 
+/// Largest image [`decode_image`] and [`decode_jpeg`] decode, in pixels: 4096 × 4096, beyond
+/// any camera these lines use. Decoding such an image peaks at about 8 bytes per pixel (a
+/// 16-bit RGBA PNG, then its RGB copy): under 200 MB, which a 1 GB Raspberry Pi survives.
+pub const DEFAULT_MAX_PIXELS: u64 = 4096 * 4096;
+
+fn check_pixels(width: u32, height: u32, max_pixels: u64) -> Result<(), DecodeError> {
+    if u64::from(width) * u64::from(height) > max_pixels || width == 0 || height == 0 {
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            max_pixels,
+        });
+    }
+    Ok(())
+}
+
+/// Width and height a PNG declares in its IHDR chunk.
+fn png_dimensions(data: &[u8]) -> Result<(u32, u32), DecodeError> {
+    // Signature (8), IHDR length (4), "IHDR" (4), width (4), height (4).
+    if data.len() < 24 || &data[12..16] != b"IHDR" {
+        return Err(DecodeError::Image(image::ImageError::Decoding(
+            image::error::DecodingError::new(
+                image::ImageFormat::Png.into(),
+                "no IHDR chunk at the start",
+            ),
+        )));
+    }
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    Ok((be(&data[16..20]), be(&data[20..24])))
+}
+
 /// Decodes a JPEG (file or MJPEG frame) to RGB, strictly: truncated or corrupt data is an
 /// error. Frames without Huffman tables get the standard ones. Greyscale JPEGs come out as
-/// RGB with equal channels.
+/// RGB with equal channels. Larger than [`DEFAULT_MAX_PIXELS`] is refused.
 pub fn decode_jpeg(data: &[u8]) -> Result<RgbImage, DecodeError> {
+    decode_jpeg_within(data, DEFAULT_MAX_PIXELS)
+}
+
+/// [`decode_jpeg`] with an explicit pixel limit, checked on the header before decoding.
+pub fn decode_jpeg_within(data: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
     let data = insert_standard_huffman_tables(data)?;
     let options = DecoderOptions::default()
         .set_strict_mode(true)
         .jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(data.as_ref()), options);
+    decoder
+        .decode_headers()
+        .map_err(|e| DecodeError::Jpeg(e.to_string()))?;
+    let (w, h) = decoder
+        .dimensions()
+        .ok_or_else(|| DecodeError::Jpeg("no frame header".into()))?;
+    check_pixels(w as u32, h as u32, max_pixels)?;
     let pixels = decoder
         .decode()
         .map_err(|e| DecodeError::Jpeg(e.to_string()))?;
@@ -279,17 +333,97 @@ pub fn decode_jpeg(data: &[u8]) -> Result<RgbImage, DecodeError> {
         .ok_or_else(|| DecodeError::Jpeg(format!("decoder output does not fit {w}x{h} RGB")))
 }
 
-/// Decodes an image file's bytes (JPEG or PNG, recognised by content) to RGB, strictly.
+/// Decodes an image file's bytes (JPEG or PNG, recognised by content) to RGB, strictly, up to
+/// [`DEFAULT_MAX_PIXELS`].
 pub fn decode_image(data: &[u8]) -> Result<RgbImage, DecodeError> {
+    decode_image_within(data, DEFAULT_MAX_PIXELS)
+}
+
+/// [`decode_image`] with an explicit pixel limit, checked on the header before any pixel
+/// buffer is allocated. The one decoding path of replay, `score` and `eval`.
+pub fn decode_image_within(data: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
     if data.starts_with(&[0xFF, 0xD8]) {
-        decode_jpeg(data)
+        decode_jpeg_within(data, max_pixels)
     } else if data.starts_with(b"\x89PNG\r\n\x1a\n") {
+        let (w, h) = png_dimensions(data)?;
+        check_pixels(w, h, max_pixels)?;
         Ok(image::load_from_memory_with_format(data, image::ImageFormat::Png)?.into_rgb8())
     } else {
         Err(DecodeError::UnknownFormat(
             data.iter().take(8).copied().collect(),
         ))
     }
+}
+
+/// Largest image file [`read_image_file`] reads: a 4096² 16-bit PNG stored uncompressed is
+/// about 128 MiB; real frames are a few MB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 128 << 20;
+
+/// Reads an image file, refusing what is not a regular file (a FIFO would block, a link to
+/// `/dev/zero` would never end) and files over `max_bytes`, without reading past the limit.
+pub fn read_image_file(path: &std::path::Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > max_bytes {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} bytes, over the limit of {max_bytes}", meta.len()),
+        ));
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)?
+        .take(max_bytes + 1)
+        .read_to_end(&mut data)?;
+    if data.len() as u64 > max_bytes {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("grew past the limit of {max_bytes} bytes while reading"),
+        ));
+    }
+    Ok(data)
+}
+
+/// Why an image file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageFileError {
+    /// Not readable, not a regular file, or over the size limit.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Read, but not a decodable image within the limits.
+    #[error("{path}: {source}")]
+    Decode {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: DecodeError,
+    },
+}
+
+/// Reads and decodes an image file exactly as the daemon's replay source does (bounded read,
+/// strict decoder, pixel limit): `ustad score` and `ustad eval` judge what the line would.
+pub fn load_image_file(path: &std::path::Path) -> Result<image::DynamicImage, ImageFileError> {
+    let bytes =
+        read_image_file(path, DEFAULT_MAX_FILE_BYTES).map_err(|source| ImageFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    decode_image(&bytes)
+        .map(image::DynamicImage::ImageRgb8)
+        .map_err(|source| ImageFileError::Decode {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Converts a packed YUYV (YUY2, 4:2:2) frame to RGB with BT.601 limited-range coefficients.
@@ -514,6 +648,67 @@ mod tests {
             let e = decode_jpeg(&data[..cut]);
             assert!(e.is_err(), "cut at {cut} of {} decoded", data.len());
         }
+    }
+
+    #[test]
+    fn bombs_are_refused_from_the_header() {
+        // A large greyscale PNG of zeros compresses to a few hundred KB (a 20000² one decoded to
+        // 1.6 GB before this check); 8192² keeps the test quick under qemu.
+        let mut png = Vec::new();
+        {
+            let mut encoder = png::Encoder::new(&mut png, 8192, 8192);
+            encoder.set_color(png::ColorType::Grayscale);
+            encoder.set_depth(png::BitDepth::Eight);
+            let mut writer = encoder.write_header().expect("header");
+            let mut stream = writer.stream_writer().expect("stream");
+            let row = vec![0u8; 8192];
+            for _ in 0..8192 {
+                std::io::Write::write_all(&mut stream, &row).expect("row");
+            }
+            stream.finish().expect("finish");
+        }
+        assert!(
+            png.len() < 4 << 20,
+            "the bomb is small: {} bytes",
+            png.len()
+        );
+        match decode_image(&png) {
+            Err(DecodeError::TooLarge { width, height, .. }) => {
+                assert_eq!((width, height), (8192, 8192))
+            }
+            other => panic!("expected TooLarge, got {:?}", other.map(|i| i.dimensions())),
+        }
+        // A real JPEG over an explicit limit is refused the same way.
+        let jpeg = std::fs::read(mtd_jpeg()).expect("MTD sample");
+        let decoded = decode_image(&jpeg).expect("decodes under the default");
+        let limit = u64::from(decoded.width()) * u64::from(decoded.height()) - 1;
+        assert!(matches!(
+            decode_image_within(&jpeg, limit),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn special_and_oversized_files_are_not_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = dir.path().join("big.png");
+        std::fs::write(&big, vec![0u8; 4096]).expect("write");
+        assert!(read_image_file(&big, 1024).is_err());
+        assert_eq!(
+            read_image_file(&big, 4096).expect("at the limit").len(),
+            4096
+        );
+        let zero = dir.path().join("zero.png");
+        std::os::unix::fs::symlink("/dev/zero", &zero).expect("link");
+        let e = read_image_file(&zero, 1 << 20).expect_err("a device is refused");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let fifo = dir.path().join("fifo.png");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Would block forever if opened; refused from its metadata.
+        assert!(read_image_file(&fifo, 1 << 20).is_err());
     }
 
     #[test]

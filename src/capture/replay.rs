@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::capture::decode::decode_image;
+use crate::capture::decode::{DEFAULT_MAX_FILE_BYTES, decode_image, read_image_file};
 use crate::capture::{CaptureError, Frame, FrameSource};
 use crate::clock::{Clock, MonotonicClock, Timestamp};
 use crate::config::ReplayConfig;
@@ -131,11 +131,13 @@ impl<C: Clock> FrameSource for ReplaySource<C> {
         // Capture time first: reading and decoding are part of the latency, as decoding an
         // MJPEG frame is for a camera.
         let timestamp = self.pace();
-        let bytes = std::fs::read(&path).map_err(|source| CaptureError::ReadFile {
-            path: path.clone(),
-            sequence,
-            timestamp,
-            source,
+        let bytes = read_image_file(&path, DEFAULT_MAX_FILE_BYTES).map_err(|source| {
+            CaptureError::ReadFile {
+                path: path.clone(),
+                sequence,
+                timestamp,
+                source,
+            }
         })?;
         let origin = path.display().to_string();
         match decode_image(&bytes) {
@@ -202,14 +204,15 @@ fn list_images(root: &Path) -> Result<Vec<PathBuf>, CaptureError> {
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            // Follow symlinks: a replay folder is often a set of links into an archive.
-            let is_dir = std::fs::metadata(&path)
-                .map(|m| m.is_dir())
-                .unwrap_or(false);
-            if is_dir {
+            // Follow symlinks: a replay folder is often a set of links into an archive. Only
+            // regular files are frames: a FIFO would block, a device would never end.
+            let meta = std::fs::metadata(&path).ok();
+            if meta.as_ref().is_some_and(|m| m.is_dir()) {
                 stack.push(path);
-            } else if is_image(&path) {
+            } else if meta.as_ref().is_some_and(|m| m.is_file()) && is_image(&path) {
                 files.push(path);
+            } else if is_image(&path) {
+                log::warn!("replay: skipping {}: not a regular file", path.display());
             }
         }
     }

@@ -25,6 +25,34 @@ use crate::heatmap;
 /// Smallest rotation size of the JSON-lines files, so a tiny budget does not mean one file
 /// per part.
 const MIN_ROTATE_BYTES: u64 = 16 * 1024;
+/// Images are written under this prefix and renamed into place once complete.
+const TEMP_PREFIX: &str = ".tmp-ustad-";
+
+/// Cuts a parts log back to its last complete line (a crash can leave half a record), so that
+/// appends and readers only ever see whole records. Returns the length kept.
+fn repair_log(path: &Path, len: u64) -> Result<u64, ArchiveError> {
+    let data = fs::read(path).map_err(io_err(path))?;
+    let keep = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) as u64;
+    if keep < len {
+        log::warn!(
+            "archive {}: dropped an incomplete last record ({} bytes)",
+            path.display(),
+            len - keep
+        );
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(keep))
+            .map_err(io_err(path))?;
+    }
+    Ok(keep)
+}
+
+/// Is this the file system saying it is full (or over quota)?
+fn is_full(e: &ArchiveError) -> bool {
+    matches!(e, ArchiveError::Io { source, .. }
+        if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
+}
 
 /// Why the archive could not write.
 #[derive(Debug, thiserror::Error)]
@@ -165,12 +193,22 @@ impl Archive {
         for entry in fs::read_dir(&config.dir).map_err(io_err(&config.dir))? {
             let entry = entry.map_err(io_err(&config.dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TEMP_PREFIX) {
+                // An image whose write was interrupted (crash, full disk): never a record's.
+                let _ = fs::remove_file(entry.path());
+                continue;
+            }
             if !name.starts_with("ustad-") {
                 continue;
             }
             let meta = entry.metadata().map_err(io_err(&entry.path()))?;
             if meta.is_file() {
-                found.push((name, entry.path(), meta.len()));
+                let len = if name.ends_with(".jsonl") {
+                    repair_log(&entry.path(), meta.len())?
+                } else {
+                    meta.len()
+                };
+                found.push((name, entry.path(), len));
             }
         }
         // Names start with the zero-padded creation time: name order is age order.
@@ -217,22 +255,76 @@ impl Archive {
                 .map(|s| sanitize(&s.to_string_lossy()))
                 .unwrap_or_default();
             let name = self.new_name(&format!("part{}-{stem}", record.part), ".png");
-            let path = self.dir.join(&name);
+            let mut png = Vec::new();
             render_overlay(src)
-                .save(&path)
+                .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
                 .map_err(|source| ArchiveError::Image {
-                    path: path.clone(),
+                    path: self.dir.join(&name),
                     source,
                 })?;
-            let size = fs::metadata(&path).map_err(io_err(&path))?.len();
-            self.files.push_back((path, size));
-            self.total += size;
+            self.retrying_when_full(|a| a.write_whole_file(&name, &png))?;
             record.image = Some(name);
         }
         let mut line = serde_json::to_vec(&record)?;
         line.push(b'\n');
-        self.append_line(&line)?;
+        self.retrying_when_full(|a| a.append_line(&line))?;
         self.enforce_budget()
+    }
+
+    /// Runs `write`; when the disk is full, deletes the oldest archive files (never the log
+    /// being appended to) one at a time and tries again, so a full disk costs old records,
+    /// not new ones.
+    fn retrying_when_full(
+        &mut self,
+        mut write: impl FnMut(&mut Self) -> Result<(), ArchiveError>,
+    ) -> Result<(), ArchiveError> {
+        loop {
+            match write(self) {
+                Err(e) if is_full(&e) && self.evict_oldest()? => {
+                    log::warn!("archive full on disk ({e}): deleted the oldest file, retrying")
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Deletes the oldest archive file other than the current log; false when none is left.
+    fn evict_oldest(&mut self) -> Result<bool, ArchiveError> {
+        let current = self.current.as_ref().map(|(p, _)| p.clone());
+        let Some(index) = self
+            .files
+            .iter()
+            .position(|(p, _)| Some(p) != current.as_ref())
+        else {
+            return Ok(false);
+        };
+        let Some((path, size)) = self.files.remove(index) else {
+            return Ok(false);
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        self.total -= size;
+        Ok(true)
+    }
+
+    /// Writes `data` as `name`, whole or not at all: into a temporary name first, renamed into
+    /// place once complete, the temporary removed on failure.
+    fn write_whole_file(&mut self, name: &str, data: &[u8]) -> Result<(), ArchiveError> {
+        let path = self.dir.join(name);
+        let temp = self.dir.join(format!("{TEMP_PREFIX}{name}"));
+        let written = File::create(&temp)
+            .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_data()))
+            .and_then(|()| fs::rename(&temp, &path));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(io_err(&path)(e));
+        }
+        self.files.push_back((path, data.len() as u64));
+        self.total += data.len() as u64;
+        Ok(())
     }
 
     fn append_line(&mut self, line: &[u8]) -> Result<(), ArchiveError> {
@@ -254,7 +346,17 @@ impl Archive {
         let Some((path, file)) = self.current.as_mut() else {
             return Ok(());
         };
-        file.write_all(line).map_err(io_err(path))?;
+        let before = self
+            .files
+            .iter()
+            .find(|(p, _)| p == path)
+            .map_or(0, |f| f.1);
+        if let Err(e) = file.write_all(line) {
+            // A complete line or nothing: cut off whatever part of it reached the file, so
+            // the next record does not glue onto half of this one.
+            let _ = file.set_len(before);
+            return Err(io_err(path)(e));
+        }
         let n = line.len() as u64;
         if let Some(entry) = self.files.iter_mut().find(|(p, _)| p == path) {
             entry.1 += n;
@@ -393,12 +495,7 @@ mod tests {
             a.record(record(part), Some(&src)).expect("record");
             assert!(a.bytes() <= cfg.max_bytes, "{} bytes", a.bytes());
         }
-        let on_disk: u64 = fs::read_dir(dir.path())
-            .expect("list")
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("ustad-"))
-            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
-            .sum();
+        let on_disk = archive_bytes_on_disk(dir.path());
         assert_eq!(on_disk, a.bytes());
         assert!(dir.path().join("notes.txt").is_file());
         // The newest records survive, the oldest are gone.
@@ -408,5 +505,107 @@ mod tests {
         // Reopening takes stock and keeps the budget.
         let again = Archive::open(&cfg).expect("reopen");
         assert_eq!(again.bytes(), on_disk);
+    }
+
+    /// On a real 1 MiB tmpfs, far smaller than the configured budget: the disk fills, old
+    /// files are evicted to make room, and what stays is only whole records and whole images.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_full_disk_leaves_only_whole_records_and_recovers() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mount = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount");
+        assert!(mount.success(), "mount a tmpfs");
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(dir.path());
+        let cfg = ArchiveConfig {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 64 << 20,
+            keep_rejected: true,
+        };
+        let mut a = Archive::open(&cfg).expect("open");
+        // Noise images compress badly: each overlay is tens of KB.
+        let mut src = overlay();
+        let mut state = 1u32;
+        src.image = Arc::new(RgbImage::from_fn(128, 128, |_, _| {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            image::Rgb([(state >> 24) as u8, (state >> 16) as u8, (state >> 8) as u8])
+        }));
+        let mut failed = 0;
+        for part in 0..108 {
+            if a.record(record(part), Some(&src)).is_err() {
+                failed += 1;
+            }
+        }
+        // Eviction made room every time: nothing was lost, and the newest part is there.
+        assert_eq!(failed, 0, "records lost on a full disk");
+        let back = read_records(dir.path()).expect("every line is a whole record");
+        assert_eq!(back.last().map(|r| r.part), Some(107));
+        let kept = |r: &PartRecord| {
+            r.image
+                .as_ref()
+                .is_some_and(|n| dir.path().join(n).is_file())
+        };
+        assert!(
+            !kept(&back[0]) && back.last().is_some_and(kept),
+            "the disk filled: the oldest images were evicted, the newest kept"
+        );
+        for entry in fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(|e| e.ok())
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.starts_with(TEMP_PREFIX),
+                "temporary left behind: {name}"
+            );
+            if name.ends_with(".png") {
+                image::open(entry.path()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+        }
+        // The accounting is what is on disk.
+        let on_disk = archive_bytes_on_disk(dir.path());
+        assert_eq!(on_disk, a.bytes());
+        // A log cut mid-line by a crash is repaired on open.
+        let log = back_log(dir.path());
+        let mut f = OpenOptions::new().append(true).open(&log).expect("log");
+        f.write_all(b"{\"part\": 9").expect("half a record");
+        drop(f);
+        let reopened = Archive::open(&cfg).expect("reopen");
+        assert!(read_records(dir.path()).is_ok());
+        drop(reopened);
+    }
+
+    /// Bytes of the archive's own files in `dir`, as the file system counts them.
+    fn archive_bytes_on_disk(dir: &Path) -> u64 {
+        fs::read_dir(dir)
+            .expect("list")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("ustad-"))
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    fn back_log(dir: &Path) -> PathBuf {
+        let mut logs: Vec<PathBuf> = fs::read_dir(dir)
+            .expect("list")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .collect();
+        logs.sort();
+        logs.pop().expect("a parts log")
     }
 }

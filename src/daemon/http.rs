@@ -1,19 +1,43 @@
 //! The observability endpoint: `/healthz`, `/metrics`, `/status`, `/latest.png` and a live
 //! page at `/`.
 //!
-//! A few requests a minute from Prometheus and the odd person with a browser: one thread with
-//! a blocking server (`tiny_http`) is plenty and keeps an async runtime out of the daemon.
+//! A few requests a minute from Prometheus and the odd person with a browser, but the endpoint
+//! must never take the line down, whatever a client sends. So it is a small HTTP/1.1 server on
+//! `std::net` with every resource bounded, rather than a general server crate: tiny_http 0.12
+//! aborts the process on a huge `Content-Length` (its body reader allocates it on drop) and
+//! serves every client from one thread; an async stack would be a runtime in the daemon for
+//! four GET routes.
+//!
+//! - One request per connection (`Connection: close`); a request body is never read.
+//! - The request head is read up to [`MAX_HEAD`] bytes, all of it within [`DEADLINE`]; a
+//!   response is written within the same deadline. A slow or silent client holds one worker
+//!   for at most that long.
+//! - [`WORKERS`] threads serve connections from a queue of [`QUEUE`]; when it is full the
+//!   connection is answered 503 at once by the accept thread and closed, so a flood of clients
+//!   degrades to refusals, never to a blocked daemon or unbounded threads.
+//!
 //! It binds `127.0.0.1` by default; exposing it is a deliberate configuration change.
 
-use std::io::Cursor;
-use std::net::SocketAddr;
+use std::io::{Cursor, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use tiny_http::{Header, Method, Request, Response, Server};
+use crossbeam_channel::{Receiver, TrySendError, bounded};
 
 use super::archive::{OverlaySource, render_overlay};
 use super::metrics::Metrics;
+
+/// Largest request head (request line and headers) accepted.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Time a connection may take to send its request head, and to take its response.
+pub const DEADLINE: Duration = Duration::from_secs(2);
+/// Threads serving connections.
+pub const WORKERS: usize = 4;
+/// Accepted connections waiting for a worker; beyond this they are refused with 503.
+pub const QUEUE: usize = 16;
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -27,37 +51,62 @@ pub struct HttpError {
 
 /// A running endpoint; stops when dropped.
 pub struct HttpServer {
-    server: Arc<Server>,
     addr: SocketAddr,
-    thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl HttpServer {
-    /// Binds `addr` (port 0 picks a free port) and serves `metrics` on a thread.
+    /// Binds `addr` (port 0 picks a free port) and serves `metrics` on a few threads.
     pub fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Self, HttpError> {
-        let server = Server::http(addr).map_err(|e| HttpError {
+        let fail = |e: std::io::Error| HttpError {
             addr,
             message: e.to_string(),
-        })?;
-        let bound = server.server_addr().to_ip().unwrap_or(addr);
-        let server = Arc::new(server);
-        let serving = Arc::clone(&server);
-        let thread = std::thread::Builder::new()
-            .name("ustad-http".into())
-            .spawn(move || {
-                for request in serving.incoming_requests() {
-                    handle(request, &metrics);
-                }
-            })
-            .map_err(|e| HttpError {
-                addr,
-                message: e.to_string(),
-            })?;
+        };
+        let listener = TcpListener::bind(addr).map_err(fail)?;
+        let bound = listener.local_addr().map_err(fail)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (queue, connections) = bounded::<TcpStream>(QUEUE);
+        let mut threads = Vec::with_capacity(WORKERS + 1);
+        for i in 0..WORKERS {
+            let connections: Receiver<TcpStream> = connections.clone();
+            let metrics = Arc::clone(&metrics);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("ustad-http-{i}"))
+                    .spawn(move || {
+                        for stream in connections {
+                            serve(stream, &metrics);
+                        }
+                    })
+                    .map_err(fail)?,
+            );
+        }
+        let stopping = Arc::clone(&stop);
+        threads.push(
+            std::thread::Builder::new()
+                .name("ustad-http-accept".into())
+                .spawn(move || {
+                    for stream in listener.incoming() {
+                        if stopping.load(Ordering::Acquire) {
+                            break;
+                        }
+                        let Ok(stream) = stream else { continue };
+                        match queue.try_send(stream) {
+                            Ok(()) => {}
+                            Err(TrySendError::Full(stream)) => refuse_busy(stream),
+                            Err(TrySendError::Disconnected(_)) => break,
+                        }
+                    }
+                    // Dropping `queue` ends the workers once they finish their connection.
+                })
+                .map_err(fail)?,
+        );
         log::info!("observability endpoint on http://{bound}/");
         Ok(HttpServer {
-            server,
             addr: bound,
-            thread: Some(thread),
+            stop,
+            threads,
         })
     }
 
@@ -77,51 +126,164 @@ impl std::fmt::Debug for HttpServer {
 
 impl Drop for HttpServer {
     fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
+        self.stop.store(true, Ordering::Release);
+        // Wake the accept thread: it sees the flag on the next connection.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-fn header(name: &str, value: &str) -> Option<Header> {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+/// A response to write: status, content type and body.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
 }
 
-fn respond(request: Request, status: u16, content_type: &str, body: Vec<u8>) {
-    let mut response = Response::from_data(body).with_status_code(status);
-    if let Some(h) = header("Content-Type", content_type) {
-        response.add_header(h);
-    }
-    if let Some(h) = header("Cache-Control", "no-store") {
-        response.add_header(h);
-    }
-    if let Err(e) = request.respond(response) {
-        log::debug!("http: client went away: {e}");
+impl Reply {
+    fn text(status: u16, body: &str) -> Self {
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.as_bytes().to_vec(),
+        }
     }
 }
 
-fn handle(request: Request, metrics: &Metrics) {
-    if *request.method() != Method::Get && *request.method() != Method::Head {
-        return respond(request, 405, "text/plain", b"GET only\n".to_vec());
+/// All workers busy: say so without reading anything, and close.
+fn refuse_busy(mut stream: TcpStream) {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+    let _ = write_reply(&mut stream, &Reply::text(503, "busy\n"), false);
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// Serves one connection: one bounded request head, one response, close.
+fn serve(mut stream: TcpStream, metrics: &Metrics) {
+    let started = Instant::now();
+    let reply = match read_head(&mut stream, started) {
+        Ok(head) => match parse_request_line(&head) {
+            Some((method, path)) if method == "GET" || method == "HEAD" => {
+                let head_only = method == "HEAD";
+                let reply = route(path, metrics);
+                let _ = stream.set_write_timeout(Some(remaining(started)));
+                let _ = write_reply(&mut stream, &reply, head_only);
+                let _ = stream.shutdown(Shutdown::Both);
+                return;
+            }
+            Some(_) => Reply::text(405, "GET only\n"),
+            None => Reply::text(400, "bad request line\n"),
+        },
+        Err(HeadError::TooLarge) => Reply::text(431, "request head too large\n"),
+        Err(HeadError::Closed) => return,
+    };
+    let _ = stream.set_write_timeout(Some(remaining(started)));
+    let _ = write_reply(&mut stream, &reply, false);
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// What is left of the connection's deadline (never zero: zero means "block" to std).
+fn remaining(started: Instant) -> Duration {
+    DEADLINE
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(1))
+}
+
+enum HeadError {
+    /// The head did not end within [`MAX_HEAD`] bytes.
+    TooLarge,
+    /// The client closed, timed out or failed before the head ended.
+    Closed,
+}
+
+/// Reads up to the blank line that ends the request head, within [`MAX_HEAD`] bytes and the
+/// connection's deadline. Whatever follows (a body, pipelined requests) is never read.
+fn read_head(stream: &mut TcpStream, started: Instant) -> Result<Vec<u8>, HeadError> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    loop {
+        if started.elapsed() >= DEADLINE {
+            return Err(HeadError::Closed);
+        }
+        stream
+            .set_read_timeout(Some(remaining(started)))
+            .map_err(|_| HeadError::Closed)?;
+        let room = (MAX_HEAD + 1 - head.len()).min(buf.len());
+        let n = match stream.read(&mut buf[..room]) {
+            Ok(0) | Err(_) => return Err(HeadError::Closed),
+            Ok(n) => n,
+        };
+        let scan_from = head.len().saturating_sub(3);
+        head.extend_from_slice(&buf[..n]);
+        if let Some(end) = head[scan_from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            head.truncate(scan_from + end);
+            return Ok(head);
+        }
+        if head.len() > MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
     }
-    let path = request.url().split('?').next().unwrap_or("/").to_string();
-    match path.as_str() {
+}
+
+/// `(method, path without query)` of a request head, if its first line is well formed.
+fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
+    let line_end = head
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(head.len());
+    let line = std::str::from_utf8(&head[..line_end]).ok()?;
+    let mut parts = line.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !version.starts_with("HTTP/1.") || !target.starts_with('/') {
+        return None;
+    }
+    Some((method, target.split('?').next().unwrap_or("/")))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+fn write_reply(stream: &mut TcpStream, reply: &Reply, head_only: bool) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        reply.status,
+        reason(reply.status),
+        reply.content_type,
+        reply.body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    if !head_only {
+        stream.write_all(&reply.body)?;
+    }
+    stream.flush()
+}
+
+fn route(path: &str, metrics: &Metrics) -> Reply {
+    match path {
         "/healthz" => {
             let (ok, why) = metrics.health();
-            respond(
-                request,
-                if ok { 200 } else { 503 },
-                "text/plain; charset=utf-8",
-                format!("{why}\n").into_bytes(),
-            )
+            Reply {
+                status: if ok { 200 } else { 503 },
+                content_type: "text/plain; charset=utf-8",
+                body: format!("{why}\n").into_bytes(),
+            }
         }
-        "/metrics" => respond(
-            request,
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.prometheus().into_bytes(),
-        ),
+        "/metrics" => Reply {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: metrics.prometheus().into_bytes(),
+        },
         "/status" => {
             let (healthy, health) = metrics.health();
             let body = serde_json::json!({
@@ -129,20 +291,14 @@ fn handle(request: Request, metrics: &Metrics) {
                 "health": health,
                 "counters": metrics.snapshot(),
             });
-            respond(
-                request,
-                200,
-                "application/json",
-                serde_json::to_vec_pretty(&body).unwrap_or_default(),
-            )
+            Reply {
+                status: 200,
+                content_type: "application/json",
+                body: serde_json::to_vec_pretty(&body).unwrap_or_default(),
+            }
         }
         "/latest.png" => match metrics.latest() {
-            None => respond(
-                request,
-                404,
-                "text/plain",
-                b"no frame judged yet\n".to_vec(),
-            ),
+            None => Reply::text(404, "no frame judged yet\n"),
             Some(l) => {
                 let overlay = render_overlay(&OverlaySource {
                     image: l.image,
@@ -153,18 +309,21 @@ fn handle(request: Request, metrics: &Metrics) {
                 });
                 let mut png = Vec::new();
                 match overlay.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png) {
-                    Ok(()) => respond(request, 200, "image/png", png),
-                    Err(e) => respond(request, 500, "text/plain", e.to_string().into_bytes()),
+                    Ok(()) => Reply {
+                        status: 200,
+                        content_type: "image/png",
+                        body: png,
+                    },
+                    Err(e) => Reply::text(500, &e.to_string()),
                 }
             }
         },
-        "/" | "/index.html" => respond(
-            request,
-            200,
-            "text/html; charset=utf-8",
-            LIVE_PAGE.as_bytes().to_vec(),
-        ),
-        _ => respond(request, 404, "text/plain", b"not found\n".to_vec()),
+        "/" | "/index.html" => Reply {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: LIVE_PAGE.as_bytes().to_vec(),
+        },
+        _ => Reply::text(404, "not found\n"),
     }
 }
 
@@ -279,5 +438,76 @@ mod tests {
         assert!(String::from_utf8_lossy(&body).contains("/latest.png"));
         assert_eq!(get(addr, "/nope").0, 404);
         drop(server);
+    }
+
+    /// Sends `request` raw and returns the status code of the answer.
+    fn raw(addr: SocketAddr, request: &[u8]) -> u16 {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(request).expect("send");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("status")
+    }
+
+    fn server() -> (HttpServer, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new(Duration::from_secs(5)));
+        metrics.frame_arrived();
+        let server = HttpServer::start("127.0.0.1:0".parse().expect("addr"), Arc::clone(&metrics))
+            .expect("start");
+        (server, metrics)
+    }
+
+    #[test]
+    fn a_huge_content_length_is_never_allocated() {
+        // tiny_http 0.12 aborted the process on these two requests.
+        let (server, _metrics) = server();
+        let addr = server.local_addr();
+        let post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n";
+        assert_eq!(raw(addr, post), 405);
+        let get_with_body =
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n";
+        assert_eq!(raw(addr, get_with_body), 200);
+        assert_eq!(get(addr, "/healthz").0, 200, "still serving");
+    }
+
+    #[test]
+    fn oversized_and_malformed_heads_are_refused() {
+        let (server, _metrics) = server();
+        let addr = server.local_addr();
+        let mut big = b"GET /healthz HTTP/1.1\r\nX: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 2 * MAX_HEAD));
+        big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(raw(addr, &big), 431);
+        assert_eq!(raw(addr, b"garbage\r\n\r\n"), 400);
+        assert_eq!(get(addr, "/healthz").0, 200);
+    }
+
+    #[test]
+    fn stalled_and_flooding_clients_do_not_starve_others() {
+        let (server, _metrics) = server();
+        let addr = server.local_addr();
+        // Clients that connect and send nothing, more than there are workers…
+        let silent: Vec<TcpStream> = (0..WORKERS + 2)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        // …and one that pipelines requests and never reads the answers.
+        let mut flood = TcpStream::connect(addr).expect("connect");
+        let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+        for _ in 0..2000 {
+            if flood.write_all(request).is_err() {
+                break;
+            }
+        }
+        // Another client is still answered within a few deadlines.
+        let started = Instant::now();
+        assert_eq!(get(addr, "/healthz").0, 200);
+        assert!(started.elapsed() < 4 * DEADLINE, "{:?}", started.elapsed());
+        drop(silent);
     }
 }

@@ -244,8 +244,21 @@ struct Inner {
     reloads: u64,
     reload_failures: u64,
     archive_errors: u64,
+    last_archive_error_at: Option<Instant>,
+    /// Why each of the last [`HEALTH_WINDOW`] parts failed safe (`None`: judged).
+    recent: std::collections::VecDeque<Option<FailReason>>,
     stopping: bool,
 }
+
+/// Parts the health check looks back over.
+pub const HEALTH_WINDOW: usize = 50;
+/// Health is degraded when more than this fraction of the recent parts failed safe: the line
+/// then runs on the fail-safe policy, not on judgement.
+pub const MAX_FAILSAFE_FRACTION: f64 = 0.2;
+/// …and at least this many of them did (one bad frame at start-up is not a degraded line).
+pub const MIN_FAILSAFE_PARTS: usize = 3;
+/// Health is degraded this long after the archive lost a record.
+pub const ARCHIVE_ERROR_HOLD: Duration = Duration::from_secs(60);
 
 /// Everything the daemon counts.
 #[derive(Debug)]
@@ -317,7 +330,9 @@ impl Metrics {
 
     /// The archive could not write.
     pub fn archive_error(&self) {
-        self.lock().archive_errors += 1;
+        let mut m = self.lock();
+        m.archive_errors += 1;
+        m.last_archive_error_at = Some(Instant::now());
     }
 
     /// A reload was applied (`ok`) or refused.
@@ -343,6 +358,10 @@ impl Metrics {
         if let Some(reason) = event.reason {
             *m.failsafe.entry(reason).or_default() += 1;
         }
+        if m.recent.len() == HEALTH_WINDOW {
+            m.recent.pop_front();
+        }
+        m.recent.push_back(event.reason);
         let (v, a) = (
             event.to_verdict.as_secs_f64(),
             event.to_actuator.as_secs_f64(),
@@ -370,29 +389,59 @@ impl Metrics {
         self.lock().latest.clone()
     }
 
-    /// Whether frames are flowing, and a one-line reason.
+    /// Whether the daemon is judging the line, and a one-line reason: frames must flow, most
+    /// recent parts must have been judged rather than failed safe, and the archive must not be
+    /// losing records.
     pub fn health(&self) -> (bool, String) {
         let m = self.lock();
         if m.stopping {
             return (false, "stopping".into());
         }
-        match m.last_frame_at {
-            None => (false, "no frame yet".into()),
-            Some(at) => {
-                let age = at.elapsed();
-                if age > self.stall_after {
-                    (
-                        false,
-                        format!("stalled: last frame {:.1} s ago", age.as_secs_f64()),
-                    )
-                } else {
-                    (
-                        true,
-                        format!("ok: last frame {:.0} ms ago", age.as_secs_f64() * 1e3),
-                    )
-                }
-            }
+        let age = match m.last_frame_at {
+            None => return (false, "no frame yet".into()),
+            Some(at) => at.elapsed(),
+        };
+        if age > self.stall_after {
+            return (
+                false,
+                format!("stalled: last frame {:.1} s ago", age.as_secs_f64()),
+            );
         }
+        let failed: Vec<FailReason> = m.recent.iter().flatten().copied().collect();
+        if failed.len() >= MIN_FAILSAFE_PARTS
+            && failed.len() as f64 > MAX_FAILSAFE_FRACTION * m.recent.len() as f64
+        {
+            let mut reasons: BTreeMap<FailReason, usize> = BTreeMap::new();
+            for r in &failed {
+                *reasons.entry(*r).or_default() += 1;
+            }
+            let why: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            return (
+                false,
+                format!(
+                    "degraded: {} of the last {} parts failed safe ({})",
+                    failed.len(),
+                    m.recent.len(),
+                    why.join(", ")
+                ),
+            );
+        }
+        if let Some(at) = m.last_archive_error_at
+            && at.elapsed() < ARCHIVE_ERROR_HOLD
+        {
+            return (
+                false,
+                format!(
+                    "degraded: archive losing records ({} lost, the last {:.0} s ago)",
+                    m.archive_errors,
+                    at.elapsed().as_secs_f64()
+                ),
+            );
+        }
+        (
+            true,
+            format!("ok: last frame {:.0} ms ago", age.as_secs_f64() * 1e3),
+        )
     }
 
     /// A snapshot of the counters.
@@ -544,7 +593,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP ustad_healthy 1 while frames are flowing.\n# TYPE ustad_healthy gauge\nustad_healthy {}",
+            "# HELP ustad_healthy 1 while the line is judged (frames flow, few parts fail safe, the archive keeps its records).\n# TYPE ustad_healthy gauge\nustad_healthy {}",
             u8::from(healthy)
         );
         out
@@ -680,6 +729,56 @@ impl fmt::Display for Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decide(m: &Metrics, reason: Option<FailReason>) {
+        let verdict = if reason.is_some() {
+            VerdictKind::FailsafeReject
+        } else {
+            VerdictKind::Pass
+        };
+        let event = PartEvent {
+            verdict,
+            reason,
+            to_verdict: Duration::from_millis(1),
+            to_actuator: Duration::from_millis(1),
+            inference: None,
+        };
+        let last = LastPart {
+            part: 0,
+            origin: "x".into(),
+            verdict,
+            score: None,
+        };
+        m.frame_arrived();
+        m.part_decided(&event, last, None);
+    }
+
+    #[test]
+    fn health_degrades_when_parts_fail_safe_or_records_are_lost() {
+        let m = Metrics::new(Duration::from_secs(5));
+        for _ in 0..10 {
+            decide(&m, None);
+        }
+        assert!(m.health().0, "{}", m.health().1);
+        // Frames keep arriving, but every one is corrupt: the line runs on the fail-safe.
+        for _ in 0..10 {
+            decide(&m, Some(FailReason::Corrupt));
+        }
+        let (ok, why) = m.health();
+        assert!(
+            !ok && why.contains("10 of the last 20") && why.contains("corrupt"),
+            "{why}"
+        );
+        assert!(m.prometheus().contains("ustad_healthy 0"));
+        // Judged parts push the failures out of the window again.
+        for _ in 0..HEALTH_WINDOW {
+            decide(&m, None);
+        }
+        assert!(m.health().0, "{}", m.health().1);
+        m.archive_error();
+        let (ok, why) = m.health();
+        assert!(!ok && why.contains("archive losing records"), "{why}");
+    }
 
     #[test]
     fn latency_summary_uses_nearest_rank() {

@@ -710,18 +710,27 @@ pub(crate) fn run_archive(
             }
         })
     };
+    let mut configured = config.is_some();
     let mut archive = open(config);
     for msg in rx {
         match msg {
-            ArchiveMsg::Record(record, overlay) => {
-                if let Some(a) = archive.as_mut()
-                    && let Err(e) = a.record(*record, overlay.as_ref())
-                {
-                    log::error!("{e}");
-                    metrics.archive_error();
+            ArchiveMsg::Record(record, overlay) => match archive.as_mut() {
+                Some(a) => {
+                    let part = record.part;
+                    if let Err(e) = a.record(*record, overlay.as_ref()) {
+                        log::error!("part {part} not archived: {e}");
+                        metrics.archive_error();
+                    }
                 }
+                // Configured but unusable: every record it should have kept is lost, and
+                // counted as such (not one log line at start and silence after).
+                None if configured => metrics.archive_error(),
+                None => {}
+            },
+            ArchiveMsg::Reconfigure(cfg) => {
+                configured = cfg.is_some();
+                archive = open(cfg);
             }
-            ArchiveMsg::Reconfigure(cfg) => archive = open(cfg),
         }
     }
 }

@@ -107,34 +107,52 @@ pub fn check_config(path: &Path) -> Result<String, ConfigError> {
         config.failsafe.frame_budget.as_millis()
     );
     let _ = writeln!(out, "  http:     {}", config.http.listen);
-    match crate::bundle::Bundle::load(&config.model.bundle) {
-        Ok(b) => {
-            let _ = writeln!(
-                out,
-                "  bundle:   {} (threshold {:.4}, sensitivity {})",
-                config.model.bundle.display(),
-                config
-                    .model
-                    .threshold
-                    .unwrap_or(b.manifest.decision.threshold),
-                config.model.sensitivity
-            );
-        }
-        Err(e) => {
-            let _ = writeln!(
-                out,
-                "  warning:  bundle {} does not load here: {e}",
-                config.model.bundle.display()
-            );
-        }
+    let unusable = |field: &str, message: String| ConfigError::Unusable {
+        file: path.to_path_buf(),
+        field: field.into(),
+        message,
+    };
+    let bundle = crate::bundle::Bundle::load(&config.model.bundle)
+        .map_err(|e| unusable("model.bundle", e.to_string()))?;
+    let _ = writeln!(
+        out,
+        "  bundle:   {} (threshold {:.4}, sensitivity {})",
+        config.model.bundle.display(),
+        config
+            .model
+            .threshold
+            .unwrap_or(bundle.manifest.decision.threshold),
+        config.model.sensitivity
+    );
+    if let CameraConfig::Replay(r) = &config.camera {
+        let source = crate::capture::replay::ReplaySource::open(r)
+            .map_err(|e| unusable("camera.path", e.to_string()))?;
+        let _ = writeln!(out, "  frames:   {} images to replay", source.files().len());
+    }
+    if let Some(archive) = &config.archive {
+        check_writable_dir(&archive.dir).map_err(|e| unusable("archive.dir", e))?;
+        let _ = writeln!(out, "  archive:  {} (writable)", archive.dir.display());
     }
     Ok(out)
+}
+
+/// Creates `dir` if needed and proves it writable with a probe file, as the archive would.
+fn check_writable_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+    let probe = dir.join(format!(".ustad-check-{}", std::process::id()));
+    std::fs::write(&probe, b"probe")
+        .map_err(|e| format!("{}: not writable: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// `ustad run`: starts the daemon with systemd integration and signal handling, runs until
 /// the source ends, `max_frames` is reached, or SIGTERM/SIGINT; SIGHUP reloads. Returns the
 /// final counters (the caller prints them).
 pub fn run(config_path: &Path, max_frames: Option<u64>) -> Result<Snapshot, DaemonError> {
+    // Take the signals before anything else: one that arrives while the bundle loads waits
+    // for the daemon instead of killing the process with the default action.
+    let pending = signals::register()?;
     let config = Config::load(config_path)?;
     apply_log_level(config.log.level);
     let mut options = DaemonOptions::production();
@@ -143,7 +161,7 @@ pub fn run(config_path: &Path, max_frames: Option<u64>) -> Result<Snapshot, Daem
         log::info!("systemd watchdog: {} ms", w.as_millis());
     }
     let mut daemon = Daemon::start_with(config_path, config, options)?;
-    let signals = signals::install(daemon.handle())?;
+    let signals = pending.serve(daemon.handle())?;
     let result = daemon.wait();
     signals.close();
     result
@@ -162,9 +180,25 @@ mod signals {
         thread: Option<std::thread::JoinHandle<()>>,
     }
 
-    /// SIGTERM / SIGINT stop gracefully (pending rejects still fire), SIGHUP reloads.
-    pub fn install(daemon: DaemonHandle) -> Result<Installed, DaemonError> {
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(DaemonError::Signals)?;
+    /// Signals registered (and queued) but not yet acted on.
+    pub struct Pending(Signals);
+
+    /// Registers SIGTERM, SIGINT and SIGHUP: from now on they are queued, not fatal.
+    pub fn register() -> Result<Pending, DaemonError> {
+        Signals::new([SIGTERM, SIGINT, SIGHUP])
+            .map(Pending)
+            .map_err(DaemonError::Signals)
+    }
+
+    impl Pending {
+        /// SIGTERM / SIGINT stop gracefully (pending rejects still fire), SIGHUP reloads;
+        /// signals queued since [`register`] are handled first.
+        pub fn serve(self, daemon: DaemonHandle) -> Result<Installed, DaemonError> {
+            install(self.0, daemon)
+        }
+    }
+
+    fn install(mut signals: Signals, daemon: DaemonHandle) -> Result<Installed, DaemonError> {
         let handle = signals.handle();
         let thread = std::thread::Builder::new()
             .name("ustad-signals".into())
@@ -209,9 +243,16 @@ mod signals {
     use super::super::{DaemonError, DaemonHandle};
 
     pub struct Installed;
+    pub struct Pending;
 
-    pub fn install(_: DaemonHandle) -> Result<Installed, DaemonError> {
-        Ok(Installed)
+    pub fn register() -> Result<Pending, DaemonError> {
+        Ok(Pending)
+    }
+
+    impl Pending {
+        pub fn serve(self, _: DaemonHandle) -> Result<Installed, DaemonError> {
+            Ok(Installed)
+        }
     }
 
     impl Installed {

@@ -20,4 +20,7 @@ pub use metrics::{
     AurocInterval, CurvePoint, MapSample, Mask, MetricError, Mistakes, PixelEval, ThresholdReport,
     area_under, au_pro, image_auroc, image_auroc_interval, mistakes, pixel_auroc, roc_curve,
 };
-pub use plot::{PlotError, PlotStyle, render_pro, render_roc, write_pro_png, write_roc_png};
+pub use plot::{
+    PlotError, PlotStyle, Series, render_pro, render_roc, render_series, write_pro_png,
+    write_roc_png, write_series_png,
+};

@@ -196,6 +196,69 @@ pub fn write_pro_png(
     save(path, render_pro(curve, fpr_limit, title, style)?)
 }
 
+/// A curve of a [`render_series`] plot, in data units.
+pub struct Series<'a> {
+    pub points: &'a [(f64, f64)],
+    pub color: Rgb<u8>,
+}
+
+/// Draws curves in data units (training losses, say) scaled onto the unit square: x over
+/// `[0, x_max]`, y over `[0, y_max]`, both maxima over all series, stated at the end of the
+/// title (`x:500 y:200`) so the 0–1 ticks read as fractions of them. Keep `title` under ~30
+/// characters: the plot does not wrap it.
+pub fn render_series(
+    series: &[Series<'_>],
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    style: &PlotStyle,
+) -> Result<RgbImage, PlotError> {
+    let finite = |v: f64| v.is_finite().then_some(v);
+    let all = || series.iter().flat_map(|s| s.points.iter());
+    let x_max = all()
+        .filter_map(|p| finite(p.0))
+        .fold(0.0f64, f64::max)
+        .max(1e-12);
+    let y_max = all()
+        .filter_map(|p| finite(p.1))
+        .fold(0.0f64, f64::max)
+        .max(1e-12);
+    let f = Frame::new(style)?;
+    let mut c = Canvas::new(style);
+    c.grid(&f);
+    c.axes(
+        &f,
+        x_label,
+        y_label,
+        &format!("{title} (x:{x_max:.0} y:{y_max:.0})"),
+    );
+    for s in series {
+        let curve: Vec<CurvePoint> = s
+            .points
+            .iter()
+            .map(|&(x, y)| CurvePoint {
+                threshold: 0.0,
+                fpr: x / x_max,
+                y: y / y_max,
+            })
+            .collect();
+        c.polyline(&f, &curve, s.color);
+    }
+    Ok(c.img)
+}
+
+/// Renders [`render_series`] and writes it as PNG.
+pub fn write_series_png(
+    path: &Path,
+    series: &[Series<'_>],
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    style: &PlotStyle,
+) -> Result<(), PlotError> {
+    save(path, render_series(series, title, x_label, y_label, style)?)
+}
+
 fn save(path: &Path, img: RgbImage) -> Result<(), PlotError> {
     img.save_with_format(path, image::ImageFormat::Png)
         .map_err(|source| PlotError::Write {

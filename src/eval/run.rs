@@ -54,6 +54,9 @@ pub enum EvalRunError {
         path: PathBuf,
         source: image::ImageError,
     },
+    /// A test image the daemon would not judge either (read and decoded as the daemon does).
+    #[error("cannot judge test image {0}")]
+    Picture(#[from] crate::capture::decode::ImageFileError),
     #[error(
         "{mask}: mask is {mask_width}×{mask_height} but its image {image} is {image_width}×{image_height}"
     )]
@@ -240,10 +243,7 @@ pub fn score_test_split(
     let mut masks = Vec::with_capacity(split.len());
     let start = Instant::now();
     for (done, item) in split.iter().enumerate() {
-        let picture = image::open(&item.path).map_err(|source| EvalRunError::Image {
-            path: item.path.clone(),
-            source,
-        })?;
+        let picture = crate::capture::decode::load_image_file(&item.path)?;
         let mask = match &item.mask {
             Some(mask_path) => Some(load_mask(mask_path, &item.path, &picture, width, height)?),
             None => None,
@@ -620,10 +620,7 @@ pub fn write_outputs(
             let Some(&i) = index.get(example.file.as_path()) else {
                 continue;
             };
-            let picture = image::open(&example.file).map_err(|source| EvalRunError::Image {
-                path: example.file.clone(),
-                source,
-            })?;
+            let picture = crate::capture::decode::load_image_file(&example.file)?;
             let rgb = preprocess::resize_rgb(&picture, &evaluation.input);
             let mut overlay = heatmap::overlay(
                 &rgb,

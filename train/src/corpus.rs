@@ -97,14 +97,30 @@ pub fn random_crop(
     let largest = w.min(h);
     let low = (4 * patch_size as u32).min(largest);
     let high = (16 * patch_size as u32).min(largest);
-    let side = rng.random_range(low..=high);
+    let crop = square_crop(image, low..=high, rng);
+    grey_sometimes(crop, grayscale_probability, rng)
+}
+
+/// A square crop at a random place, its side drawn from `sides` (which must fit the image).
+pub fn square_crop(
+    image: &RgbImage,
+    sides: std::ops::RangeInclusive<u32>,
+    rng: &mut impl Rng,
+) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let side = rng.random_range(sides);
     let x = rng.random_range(0..=w - side);
     let y = rng.random_range(0..=h - side);
-    let crop = image::imageops::crop_imm(image, x, y, side, side).to_image();
-    if rng.random_bool(grayscale_probability) {
-        DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(crop).to_luma8()).to_rgb8()
+    image::imageops::crop_imm(image, x, y, side, side).to_image()
+}
+
+/// `image` in grey (equal channels) with probability `probability`, else unchanged: the
+/// paper's augmentation, so that teachers also see the grey parts many lines image.
+pub fn grey_sometimes(image: RgbImage, probability: f64, rng: &mut impl Rng) -> RgbImage {
+    if rng.random_bool(probability) {
+        DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(image).to_luma8()).to_rgb8()
     } else {
-        crop
+        image
     }
 }
 

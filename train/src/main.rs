@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use ustad_train::device::{DeviceKind, training_device};
-use ustad_train::teacher::{TeacherOptions, train_teacher};
+use ustad_train::teacher::{Distillation, TeacherOptions, train_teacher};
 
 #[derive(Parser)]
 #[command(
@@ -113,6 +113,23 @@ struct TeacherArgs {
     /// Receptive field: 17, 33 or 65.
     #[arg(long)]
     patch_size: usize,
+    /// Dense: image mode, every output cell regresses the backbone's feature maps (the
+    /// sidecar's `[dense]` nodes). Patch: the paper's one patch per pooled target.
+    #[arg(long, value_enum, default_value = "dense")]
+    distillation: Distillation,
+    /// Dense: side of the square training crops.
+    #[arg(long, default_value_t = 128)]
+    crop_size: usize,
+    /// Dense: output stride of the teacher (0 = the largest the network supports).
+    #[arg(long, default_value_t = 0)]
+    stride: usize,
+    /// Dense: held-out validation crops.
+    #[arg(long, default_value_t = 32)]
+    validation_crops: usize,
+    /// Dense: grid cells used to fit the least-squares probe (whole crops: 64 crops of 128²
+    /// at stride 4 by default, so the probe sees many images, not many cells of a few).
+    #[arg(long, default_value_t = 65_536)]
+    probe_cells: usize,
     /// Pretrained backbone ONNX (the distillation source).
     #[arg(
         long,
@@ -133,18 +150,21 @@ struct TeacherArgs {
     out: PathBuf,
     #[arg(long, default_value_t = 50_000)]
     iterations: usize,
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
-    #[arg(long, default_value_t = 2e-4)]
-    learning_rate: f64,
+    /// Patches (patch mode, default 64) or crops (dense mode, default 8) per step.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Adam learning rate (default: 2e-4 in patch mode, the paper's; 5e-4 in dense mode).
+    #[arg(long)]
+    learning_rate: Option<f64>,
     #[arg(long, default_value_t = 1e-5)]
     weight_decay: f64,
     /// Weight of the distillation loss.
     #[arg(long, default_value_t = 1.0)]
     lambda_k: f32,
-    /// Weight of the compactness loss.
-    #[arg(long, default_value_t = 1.0)]
-    lambda_c: f32,
+    /// Weight of the compactness loss (default: 1 in patch mode, the paper's; 0.01 in dense
+    /// mode, where it sums over many more correlated cells).
+    #[arg(long)]
+    lambda_c: Option<f32>,
     /// Weight of the triplet (metric learning) loss; the paper uses 0 with a pretrained backbone.
     #[arg(long, default_value_t = 0.0)]
     lambda_m: f32,
@@ -178,15 +198,21 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Teacher(a) => {
             let device = training_device(a.device)?;
+            let dense = a.distillation == Distillation::Dense;
             let options = TeacherOptions {
+                distillation: a.distillation,
+                crop_size: a.crop_size,
+                stride: a.stride,
+                validation_crops: a.validation_crops,
+                probe_cells: a.probe_cells,
                 backbone_config: a.backbone_config,
                 backbone_size: a.backbone_size,
                 iterations: a.iterations,
-                batch: a.batch,
-                learning_rate: a.learning_rate,
+                batch: a.batch.unwrap_or(if dense { 8 } else { 64 }),
+                learning_rate: a.learning_rate.unwrap_or(if dense { 5e-4 } else { 2e-4 }),
                 weight_decay: a.weight_decay,
                 lambda_k: a.lambda_k,
-                lambda_c: a.lambda_c,
+                lambda_c: a.lambda_c.unwrap_or(if dense { 0.01 } else { 1.0 }),
                 lambda_m: a.lambda_m,
                 margin: a.margin,
                 cache_patches: a.cache_patches,

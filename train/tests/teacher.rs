@@ -1,26 +1,14 @@
 //! Teacher distillation on real photos with the real backbone, kept tiny.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::{shared, tiny_corpus};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use ustad::weights::NetworkWeights;
 use ustad_train::teacher::{TeacherOptions, compactness_loss, train_teacher};
-
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
-}
-
-/// A corpus of a few real ImageNet photos.
-fn tiny_corpus(dir: &Path, count: usize) -> PathBuf {
-    let images = dir.join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    let mut files = ustad::dataset::images_in(&shared().join("data/imagenet-sample")).unwrap();
-    files.truncate(count);
-    for f in files {
-        std::fs::copy(&f, images.join(f.file_name().unwrap())).unwrap();
-    }
-    images
-}
 
 fn tiny_options(dir: &Path, images: PathBuf, iterations: usize) -> TeacherOptions {
     TeacherOptions {

@@ -1,4 +1,7 @@
-//! Teacher pretraining by knowledge distillation (paper §3.2).
+//! Teacher pretraining by knowledge distillation (paper §3.2), in two forms:
+//! [`Distillation::Dense`] ([`dense`]: the teacher in image mode regresses backbone feature maps
+//! at every output cell, the default) and [`Distillation::Patch`] (this file: the paper's
+//! patch-by-patch regression of the backbone's pooled feature).
 //!
 //! A patch network T̂ and a linear decoder D learn `D(T̂(patch)) ≈ P(patch)`, where P is the
 //! pooled feature of a pretrained ImageNet CNN (the backbone), with a compactness term that
@@ -24,16 +27,39 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+pub mod dense;
+pub mod targets;
+
 use crate::backbone::{Backbone, BackboneConfig};
 use crate::corpus::{Corpus, random_crop, resize};
 use crate::net::PatchNet;
 use ustad::arch::DESCRIPTOR_DIM;
 use ustad::bundle::InputSpec;
 
+/// How the teacher learns from the backbone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Distillation {
+    /// One p×p patch per target, regressing the backbone's pooled feature (the paper).
+    #[default]
+    Patch,
+    /// Whole crops in image mode, every output cell regressing backbone feature maps.
+    Dense,
+}
+
 /// Everything `ustad-train teacher` can be told.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TeacherOptions {
     pub patch_size: usize,
+    pub distillation: Distillation,
+    /// Dense mode: side of the square training crops (teacher and backbone input).
+    pub crop_size: usize,
+    /// Dense mode: the teacher's output stride (0 = the largest the network supports).
+    pub stride: usize,
+    /// Dense mode: held-out validation crops.
+    pub validation_crops: usize,
+    /// Dense mode: grid cells used to fit the least-squares probe.
+    pub probe_cells: usize,
     pub backbone: PathBuf,
     pub backbone_config: Option<PathBuf>,
     /// Side the crop is resized to before the backbone; 0 feeds the p×p patch itself.
@@ -66,6 +92,11 @@ impl TeacherOptions {
     pub fn paper(patch_size: usize, backbone: PathBuf, images: PathBuf, out: PathBuf) -> Self {
         Self {
             patch_size,
+            distillation: Distillation::Patch,
+            crop_size: 128,
+            stride: 0,
+            validation_crops: 32,
+            probe_cells: 65_536,
             backbone,
             backbone_config: None,
             backbone_size: 0,
@@ -119,6 +150,11 @@ pub struct TeacherReport {
     pub initial_validation_k: f32,
     /// Mean squared norm of the centred validation targets: L_k of predicting their mean.
     pub target_variance: f32,
+    /// Reports written before dense distillation existed are patch runs.
+    #[serde(default)]
+    pub distillation: Distillation,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense: Option<dense::DenseReport>,
 }
 
 /// The trained pair. The decoder is only needed for pretraining.
@@ -425,8 +461,27 @@ fn checkpoint_dir(out: &Path) -> PathBuf {
     out.with_extension("ckpt")
 }
 
+/// `(validation, training)` image indices: every 20th image (by name) is held out.
+fn split_corpus(count: usize) -> (Vec<usize>, Vec<usize>) {
+    let (validation, train): (Vec<usize>, Vec<usize>) =
+        (0..count).partition(|i| count >= 2 && i % 20 == 0);
+    if validation.is_empty() {
+        (train.clone(), train)
+    } else {
+        (validation, train)
+    }
+}
+
 /// Runs distillation as `options` say and writes the teacher to `options.out`.
 pub fn train_teacher(options: &TeacherOptions, device: &Device) -> Result<TeacherReport> {
+    match options.distillation {
+        Distillation::Dense => dense::train_dense(options, device),
+        Distillation::Patch => train_patch(options, device),
+    }
+}
+
+/// The paper's patch-mode distillation.
+fn train_patch(options: &TeacherOptions, device: &Device) -> Result<TeacherReport> {
     let p = options.patch_size;
     let arch = ustad::arch::Architecture::for_patch_size(p)?;
     let _ = arch;
@@ -453,14 +508,7 @@ pub fn train_teacher(options: &TeacherOptions, device: &Device) -> Result<Teache
         options.backbone.display(),
         backbone.dim
     );
-    // Every 20th image (by name) is held out for validation patches.
-    let (validation_images, train_images): (Vec<usize>, Vec<usize>) =
-        (0..corpus.images.len()).partition(|i| corpus.images.len() >= 2 && i % 20 == 0);
-    let validation_images = if validation_images.is_empty() {
-        train_images.clone()
-    } else {
-        validation_images
-    };
+    let (validation_images, train_images) = split_corpus(corpus.images.len());
 
     let mut rng = StdRng::seed_from_u64(options.seed);
     let started = Instant::now();
@@ -691,31 +739,97 @@ pub fn train_teacher(options: &TeacherOptions, device: &Device) -> Result<Teache
         random_teacher_fitted_validation_k,
         initial_validation_k,
         target_variance: target_variance(&validation_set.targets, validation_set.dim),
+        distillation: Distillation::Patch,
+        dense: None,
     };
     let mut weights = model.teacher.to_weights();
-    weights.metadata = vec![
+    weights.metadata = teacher_metadata(
+        options,
+        last_validation,
+        vec![
+            ("distillation".into(), "patch".into()),
+            ("backbone_size".into(), backbone_side.to_string()),
+        ],
+    );
+    write_outputs(&options.out, &weights, &history, &report)?;
+    Ok(report)
+}
+
+/// What a teacher's weights file records about the run that made it: the common fields, then
+/// the mode's own.
+fn teacher_metadata(
+    options: &TeacherOptions,
+    final_validation_k: f32,
+    specific: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let mut metadata = vec![
         ("role".into(), "teacher".into()),
         ("corpus".into(), options.images.display().to_string()),
         ("backbone".into(), options.backbone.display().to_string()),
-        ("backbone_size".into(), backbone_side.to_string()),
+    ];
+    metadata.extend(specific);
+    metadata.extend([
         ("iterations".into(), options.iterations.to_string()),
         ("batch".into(), options.batch.to_string()),
         ("seed".into(), options.seed.to_string()),
-        ("final_validation_k".into(), format!("{last_validation}")),
+        ("final_validation_k".into(), format!("{final_validation_k}")),
         ("input_normalisation".into(), "imagenet".into()),
         ("trainer_version".into(), env!("CARGO_PKG_VERSION").into()),
-    ];
-    if let Some(parent) = options.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+    ]);
+    metadata
+}
+
+/// The weights at `out`, and beside them the loss curve (CSV and PNG) and the report.
+fn write_outputs(
+    out: &Path,
+    weights: &ustad::weights::NetworkWeights,
+    history: &[LossRecord],
+    report: &TeacherReport,
+) -> Result<()> {
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    weights.save(&options.out)?;
-    write_history(&options.out.with_extension("loss.csv"), &history)?;
+    weights.save(out)?;
+    write_history(&out.with_extension("loss.csv"), history)?;
+    write_loss_plot(&out.with_extension("loss.png"), history, report.patch_size)?;
     std::fs::write(
-        options.out.with_extension("report.json"),
-        serde_json::to_vec_pretty(&report)?,
-    )?;
-    Ok(report)
+        out.with_extension("report.json"),
+        serde_json::to_vec_pretty(report)?,
+    )
+    .with_context(|| format!("writing {}", out.with_extension("report.json").display()))?;
+    Ok(())
+}
+
+/// The loss curves as a picture: training L_k (grey) and validation L_k (blue) per step.
+fn write_loss_plot(path: &Path, history: &[LossRecord], patch_size: usize) -> Result<()> {
+    let train: Vec<(f64, f64)> = history
+        .iter()
+        .map(|r| (r.step as f64, r.train_k as f64))
+        .collect();
+    let validation: Vec<(f64, f64)> = history
+        .iter()
+        .filter_map(|r| r.validation_k.map(|v| (r.step as f64, v as f64)))
+        .collect();
+    use ustad::eval::plot::{CHANCE, CURVE};
+    ustad::eval::write_series_png(
+        path,
+        &[
+            ustad::eval::Series {
+                points: &train,
+                color: CHANCE,
+            },
+            ustad::eval::Series {
+                points: &validation,
+                color: CURVE,
+            },
+        ],
+        &format!("p{patch_size} L_k train grey val blue"),
+        "step",
+        "L_k",
+        &ustad::eval::PlotStyle::default(),
+    )
+    .with_context(|| format!("writing {}", path.display()))
 }
 
 fn write_history(path: &Path, history: &[LossRecord]) -> Result<()> {
