@@ -162,24 +162,19 @@ fn refuse_busy(mut stream: TcpStream) {
 /// Serves one connection: one bounded request head, one response, close.
 fn serve(mut stream: TcpStream, metrics: &Metrics) {
     let started = Instant::now();
-    let reply = match read_head(&mut stream, started) {
+    let (reply, head_only) = match read_head(&mut stream, started) {
         Ok(head) => match parse_request_line(&head) {
             Some((method, path)) if method == "GET" || method == "HEAD" => {
-                let head_only = method == "HEAD";
-                let reply = route(path, metrics);
-                let _ = stream.set_write_timeout(Some(remaining(started)));
-                let _ = write_reply(&mut stream, &reply, head_only);
-                let _ = stream.shutdown(Shutdown::Both);
-                return;
+                (route(path, metrics), method == "HEAD")
             }
-            Some(_) => Reply::text(405, "GET only\n"),
-            None => Reply::text(400, "bad request line\n"),
+            Some(_) => (Reply::text(405, "GET only\n"), false),
+            None => (Reply::text(400, "bad request line\n"), false),
         },
-        Err(HeadError::TooLarge) => Reply::text(431, "request head too large\n"),
+        Err(HeadError::TooLarge) => (Reply::text(431, "request head too large\n"), false),
         Err(HeadError::Closed) => return,
     };
     let _ = stream.set_write_timeout(Some(remaining(started)));
-    let _ = write_reply(&mut stream, &reply, false);
+    let _ = write_reply(&mut stream, &reply, head_only);
     let _ = stream.shutdown(Shutdown::Both);
 }
 

@@ -132,6 +132,20 @@ impl DenseSetup {
         self.backbone.shapes.iter().map(|s| s.0).sum()
     }
 
+    /// Targets of `crops` normalised per channel with `mean` and `std`.
+    pub fn normalised_targets(
+        &self,
+        crops: &[RgbImage],
+        mean: &[f32],
+        std: &[f32],
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut targets = self.raw_targets(crops)?;
+        for t in &mut targets {
+            normalise(t, mean, std);
+        }
+        Ok(targets)
+    }
+
     /// Raw targets of `crops`, each `C × grid cells`.
     pub fn raw_targets(&self, crops: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
         let maps = self
@@ -375,10 +389,7 @@ pub fn train_dense(options: &TeacherOptions, device: &Device) -> Result<TeacherR
             options,
             &mut validation_rng,
         );
-        let mut targets = setup.raw_targets(&crops)?;
-        for t in &mut targets {
-            normalise(t, &target_mean, &target_std);
-        }
+        let targets = setup.normalised_targets(&crops, &target_mean, &target_std)?;
         CropSet { crops, targets }
     };
     let backbone_seconds = started.elapsed().as_secs_f64();
@@ -429,10 +440,7 @@ pub fn train_dense(options: &TeacherOptions, device: &Device) -> Result<TeacherR
             options,
             &mut rng,
         );
-        let mut targets = setup.raw_targets(&crops)?;
-        for t in &mut targets {
-            normalise(t, &target_mean, &target_std);
-        }
+        let targets = setup.normalised_targets(&crops, &target_mean, &target_std)?;
         let x = crop_input(&crops, grid.input, device);
         let y = target_tensor(&targets, channels, &grid, device);
         let descriptors = model.teacher.forward(x, mode)?;
@@ -510,10 +518,7 @@ pub fn train_dense(options: &TeacherOptions, device: &Device) -> Result<TeacherR
             .div_ceil(grid.height * grid.width)
             .max(1);
         let crops = sample_crops(&setup, &setup.train_images, count, options, &mut rng);
-        let mut targets = setup.raw_targets(&crops)?;
-        for t in &mut targets {
-            normalise(t, &target_mean, &target_std);
-        }
+        let targets = setup.normalised_targets(&crops, &target_mean, &target_std)?;
         CropSet { crops, targets }
     };
     let fitted = |teacher: &PatchNet| {
