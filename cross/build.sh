@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Release binaries of the edge daemon (`-p ustad`, default features: v4l2 + gpio) for each
+# Release binaries of the edge daemon (`-p ustad`, default features: v4l2 + gpio + daemon) for each
 # target given. Usage: cross/build.sh [TARGET...]   (default: aarch64 and armv7)
 # Binaries land in $CARGO_TARGET_DIR/TARGET/release/ustad. Run cross/setup.sh once before.
 set -euo pipefail

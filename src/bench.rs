@@ -126,6 +126,8 @@ pub enum Outcome {
 pub struct BenchReport {
     pub bundle: std::path::PathBuf,
     pub cpu: String,
+    /// The ISA rung tract picked its kernels for ([`crate::infer::cpu_kernels`]).
+    pub kernels: String,
     pub cores: usize,
     pub threads: usize,
     pub input_width: usize,
@@ -522,6 +524,7 @@ pub fn run_bench(
     Ok(BenchReport {
         bundle: bundle.dir.clone(),
         cpu: cpu_model(),
+        kernels: crate::infer::cpu_kernels(),
         cores: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
@@ -594,7 +597,7 @@ impl BenchReport {
     /// The table `ustad bench` prints.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{} — {}×{} input, {} threads ({} cores: {}), {} warm-up + {} timed frames\n\n",
+            "{} — {}×{} input, {} threads ({} cores: {}; tract kernels {}), {} warm-up + {} timed frames\n\n",
             self.bundle.display(),
             self.input_width,
             self.input_height,
@@ -605,6 +608,7 @@ impl BenchReport {
             },
             self.cores,
             self.cpu,
+            self.kernels,
             self.warmup,
             self.runs
         );

@@ -215,6 +215,9 @@ pub struct ReplayConfig {
     pub fps: Option<f64>,
     /// Start again from the first image after the last one.
     pub looping: bool,
+    /// Largest image decoded, in pixels (`camera.max_pixels`); larger files are corrupt
+    /// frames, refused before any pixel buffer is allocated.
+    pub max_pixels: u64,
 }
 
 /// Region of interest in camera pixels.
@@ -415,6 +418,7 @@ struct RawCamera {
     path: Option<PathBuf>,
     #[serde(rename = "loop")]
     looping: Option<bool>,
+    max_pixels: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -966,7 +970,11 @@ fn nonempty_line(line: Option<String>, section: &str) -> Result<String, Problem>
 fn validate_camera(c: RawCamera) -> Result<CameraConfig, Problem> {
     match c.source {
         SourceKind::V4l2 => {
-            for (key, present) in [("path", c.path.is_some()), ("loop", c.looping.is_some())] {
+            for (key, present) in [
+                ("path", c.path.is_some()),
+                ("loop", c.looping.is_some()),
+                ("max_pixels", c.max_pixels.is_some()),
+            ] {
                 if present {
                     return Err(problem(
                         &["camera", key],
@@ -1069,6 +1077,16 @@ fn validate_camera(c: RawCamera) -> Result<CameraConfig, Problem> {
                 path,
                 fps: positive_fps(&["camera", "fps"], c.fps)?,
                 looping: c.looping.unwrap_or(false),
+                max_pixels: match c.max_pixels {
+                    Some(0) => {
+                        return Err(problem(
+                            &["camera", "max_pixels"],
+                            "must be at least 1 (the largest frame decoded, in pixels)",
+                        ));
+                    }
+                    Some(n) => n,
+                    None => crate::capture::decode::DEFAULT_MAX_PIXELS,
+                },
             }))
         }
     }
@@ -1137,6 +1155,32 @@ delay_ms = 300
             ActuatorConfig::LogOnly { .. }
         ));
         assert_eq!(cfg.trigger, TriggerConfig::FreeRun);
+    }
+
+    #[test]
+    fn replay_pixel_limit_is_configurable_and_checked() {
+        let CameraConfig::Replay(rep) = Config::from_str(MINIMAL).expect("minimal").camera else {
+            panic!("replay")
+        };
+        assert_eq!(rep.max_pixels, crate::capture::decode::DEFAULT_MAX_PIXELS);
+        let with = |line: &str| {
+            MINIMAL.replace("path = \"frames\"", &format!("path = \"frames\"\n{line}"))
+        };
+        let CameraConfig::Replay(rep) = Config::from_str(&with("max_pixels = 640000"))
+            .expect("limit")
+            .camera
+        else {
+            panic!("replay")
+        };
+        assert_eq!(rep.max_pixels, 640_000);
+        let e = Config::from_str(&with("max_pixels = 0")).expect_err("zero");
+        assert!(e.to_string().contains("camera.max_pixels"), "{e}");
+        let v4l2 = with("max_pixels = 640000").replace(
+            "source = \"replay\"\npath = \"frames\"",
+            "source = \"v4l2\"",
+        );
+        let e = Config::from_str(&v4l2).expect_err("v4l2 has its negotiated format");
+        assert!(e.to_string().contains("camera.max_pixels"), "{e}");
     }
 
     #[test]

@@ -210,9 +210,23 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// The instruction-set rung tract's kernels were chosen for on this CPU, e.g.
+/// `fma (sse2,…,avx2,fma)` on x86 or `neon (…)` on a Pi: a NEON-less or generic build shows
+/// here, not only in the frame rate. `TRACT_CPU_ISA` can lower it.
+pub fn cpu_kernels() -> String {
+    let set = tract_onnx::prelude::tract_linalg::isa::native();
+    format!("{} ({set:?})", set.nickname())
+}
+
 impl Engine {
     /// Loads and optimises every network of `bundle` at `options.precision`.
     pub fn load(bundle: Bundle, options: EngineOptions) -> Result<Self, EngineError> {
+        log::info!(
+            "tract kernels: {} on {}, {} precision",
+            cpu_kernels(),
+            std::env::consts::ARCH,
+            options.precision
+        );
         let m = &bundle.manifest;
         let (height, width) = (m.input.height, m.input.width);
         let input_shape = [1, 3, height, width];

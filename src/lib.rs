@@ -39,6 +39,7 @@ pub mod calibrate;
 pub mod capture;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod dataset;
 pub mod decide;

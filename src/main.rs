@@ -61,6 +61,9 @@ enum Command {
         /// Worker threads for the networks (0 = one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Largest image decoded, in pixels; a larger one is unreadable (and rejected).
+        #[arg(long, default_value_t = ustad::capture::decode::DEFAULT_MAX_PIXELS)]
+        max_pixels: u64,
         /// Images, or folders of images (searched recursively, in name order).
         #[arg(required = true)]
         images: Vec<PathBuf>,
@@ -87,11 +90,13 @@ fn main() -> Result<()> {
             heatmaps,
             precision,
             threads,
+            max_pixels,
             images,
         } => score(
             &bundle,
             heatmaps.as_deref(),
             EngineOptions { precision, threads },
+            max_pixels,
             &images,
         ),
     }
@@ -101,6 +106,7 @@ fn score(
     bundle_dir: &Path,
     heatmaps: Option<&Path>,
     options: EngineOptions,
+    max_pixels: u64,
     inputs: &[PathBuf],
 ) -> Result<()> {
     let bundle = Bundle::load(bundle_dir).context("loading the bundle")?;
@@ -116,7 +122,7 @@ fn score(
     let threshold = engine.threshold();
     let mut failures = 0;
     for file in &files {
-        let image = match ustad::capture::decode::load_image_file(file) {
+        let image = match ustad::capture::decode::load_image_file_within(file, max_pixels) {
             Ok(image) => image,
             Err(e) => {
                 // A part we cannot read is a part we cannot pass.

@@ -188,6 +188,10 @@ fn options(clock: &ManualClock, notifier: &Arc<RecordingNotifier>) -> DaemonOpti
     o.notifier = notifier.clone();
     o.watchdog = Some(Duration::from_millis(20));
     o.engine_threads = 2;
+    // The manual clock stands still while the engine works, so these tests model an engine
+    // that takes no line time: nothing may be lost to the queue's real-time occupancy.
+    // `a_full_queue_fails_parts_safe_at_once` tests the small production queue.
+    o.queue_capacity = 256;
     o
 }
 
@@ -369,6 +373,8 @@ struct ScriptedSource {
     clock: ManualClock,
     script: Vec<Step>,
     image: image::RgbImage,
+    /// A camera (frames are due whether taken or not) or a folder read on demand.
+    real_time: bool,
 }
 
 enum Step {
@@ -393,6 +399,7 @@ fn scripted_options(
         clock: clock.clone(),
         image: common::test_image(64, 48).to_rgb8(),
         script,
+        real_time: true,
     }));
     opts
 }
@@ -435,6 +442,10 @@ impl FrameSource for ScriptedSource {
 
     fn describe(&self) -> String {
         "scripted source".into()
+    }
+
+    fn real_time(&self) -> bool {
+        self.real_time
     }
 }
 
@@ -524,7 +535,10 @@ fn overload_fails_parts_safe_at_their_deadline_not_after_the_flap() {
     let summary = daemon.wait().expect("run");
 
     let records = read_records(&s.root.join("archive")).expect("archive");
-    let parts: Vec<u64> = records.iter().map(|r| r.part).collect();
+    // In the order they were decided: parts failed safe by capture come before the ones the
+    // engine was still judging.
+    let mut parts: Vec<u64> = records.iter().map(|r| r.part).collect();
+    parts.sort_unstable();
     assert_eq!(parts, (0..6).collect::<Vec<_>>(), "one verdict per part");
     let failed_safe = records
         .iter()
@@ -544,7 +558,11 @@ fn overload_fails_parts_safe_at_their_deadline_not_after_the_flap() {
     assert_eq!(summary.verdict(VerdictKind::FailsafeReject), failed_safe);
     assert!(!pins.pulses().is_empty() || rejected == 0);
     for r in records.iter().filter(|r| r.verdict == "failsafe_reject") {
-        assert_eq!(r.reason.as_deref(), Some("over_budget"), "{r:?}");
+        // Waited for the engine past the budget, or found the queue full.
+        assert!(
+            matches!(r.reason.as_deref(), Some("over_budget" | "overrun")),
+            "{r:?}"
+        );
     }
     if s.trained {
         // The second part waits one inference and needs another: its verdict cannot come
@@ -553,6 +571,69 @@ fn overload_fails_parts_safe_at_their_deadline_not_after_the_flap() {
         assert!(summary.actuator.expired >= 1, "{summary}");
         assert!(failed_safe >= 1, "{records:#?}");
     }
+}
+
+/// The production queue (two parts) on a camera whose frames come faster than the engine:
+/// the capture thread does not wait. Every part that finds the queue full is failed safe by
+/// capture itself, at once and counted as an overrun, and its reject pulse is armed in time;
+/// the watchdog keeps being fed. The same script from a source read on demand is throttled
+/// instead, and every part is judged.
+#[test]
+fn a_full_queue_fails_parts_safe_at_once() {
+    let s = setup();
+    let cfg_path = s.root.join("daemon.toml");
+    std::fs::write(&cfg_path, config_text(&s, &s.root, "", "")).expect("config");
+    const PARTS: u64 = 30;
+    let run = |real_time: bool| {
+        let clock = ManualClock::new(Timestamp::from_millis(5_000));
+        let notifier = Arc::new(RecordingNotifier::new());
+        let mut opts = options(&clock, &notifier);
+        opts.serve_http = false;
+        opts.queue_capacity = 2;
+        opts.source = Some(Box::new(ScriptedSource {
+            clock: clock.clone(),
+            image: common::test_image(64, 48).to_rgb8(),
+            script: (0..PARTS).map(Step::Frame).collect(),
+            real_time,
+        }));
+        let archive = s.root.join("archive");
+        let _ = std::fs::remove_dir_all(&archive);
+        let mut daemon = Daemon::start(&cfg_path, opts).expect("start");
+        let summary = daemon.wait().expect("run");
+        let records = read_records(&archive).expect("archive");
+        (summary, records, notifier.count(&Notification::Watchdog))
+    };
+
+    let (summary, records, pings) = run(true);
+    let parts: Vec<u64> = records.iter().map(|r| r.part).collect();
+    let mut sorted = parts.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (0..PARTS).collect::<Vec<_>>(),
+        "one verdict per part"
+    );
+    let overruns: Vec<&PartRecord> = records
+        .iter()
+        .filter(|r| r.reason.as_deref() == Some("overrun"))
+        .collect();
+    // The script is read in microseconds and one inference takes milliseconds: at most a
+    // few parts reach the engine before the queue is full.
+    assert!(overruns.len() >= 10, "{records:#?}");
+    for r in &overruns {
+        assert_eq!(r.verdict, "failsafe_reject", "{r:?}");
+        assert_eq!(r.score, None, "{r:?}");
+        // Commanded at capture time on the line's clock, not after the engine.
+        assert!(r.timings.actuator_ms < 1.0, "{r:?}");
+    }
+    assert_eq!(summary.failsafe(FailReason::Overrun), overruns.len() as u64);
+    assert_eq!(summary.actuator.missed, 0, "{summary}");
+    assert!(pings >= (PARTS / 2 - 1) as usize, "{pings} watchdog pings");
+
+    let (summary, records, _) = run(false);
+    assert_eq!(records.len() as u64, PARTS);
+    assert!(records.iter().all(|r| r.score.is_some()), "{records:#?}");
+    assert_eq!(summary.failsafe(FailReason::Overrun), 0);
 }
 
 /// A part sensor that reports a fixed list of edges, then stays quiet.

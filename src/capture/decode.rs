@@ -359,6 +359,16 @@ pub fn decode_image_within(data: &[u8], max_pixels: u64) -> Result<RgbImage, Dec
 /// about 128 MiB; real frames are a few MB.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 128 << 20;
 
+/// The largest file worth reading for an image of at most `max_pixels`: 8 bytes per pixel (an
+/// uncompressed 16-bit RGBA PNG) plus 1 MiB of headers and metadata, and never less than
+/// [`DEFAULT_MAX_FILE_BYTES`] (so a lower pixel limit never refuses a real frame's file).
+pub fn max_file_bytes(max_pixels: u64) -> u64 {
+    max_pixels
+        .saturating_mul(8)
+        .saturating_add(1 << 20)
+        .max(DEFAULT_MAX_FILE_BYTES)
+}
+
 /// Reads an image file, refusing what is not a regular file (a FIFO would block, a link to
 /// `/dev/zero` would never end) and files over `max_bytes`, without reading past the limit.
 pub fn read_image_file(path: &std::path::Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
@@ -413,12 +423,22 @@ pub enum ImageFileError {
 /// Reads and decodes an image file exactly as the daemon's replay source does (bounded read,
 /// strict decoder, pixel limit): `ustad score` and `ustad eval` judge what the line would.
 pub fn load_image_file(path: &std::path::Path) -> Result<image::DynamicImage, ImageFileError> {
-    let bytes =
-        read_image_file(path, DEFAULT_MAX_FILE_BYTES).map_err(|source| ImageFileError::Read {
+    load_image_file_within(path, DEFAULT_MAX_PIXELS)
+}
+
+/// [`load_image_file`] with an explicit pixel limit (`camera.max_pixels`, `--max-pixels`).
+/// The file-size limit follows it: [`max_file_bytes`].
+pub fn load_image_file_within(
+    path: &std::path::Path,
+    max_pixels: u64,
+) -> Result<image::DynamicImage, ImageFileError> {
+    let bytes = read_image_file(path, max_file_bytes(max_pixels)).map_err(|source| {
+        ImageFileError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
-    decode_image(&bytes)
+        }
+    })?;
+    decode_image_within(&bytes, max_pixels)
         .map(image::DynamicImage::ImageRgb8)
         .map_err(|source| ImageFileError::Decode {
             path: path.to_path_buf(),

@@ -152,6 +152,14 @@ pub trait FrameSource: Send {
 
     /// A short human description for logs and `/status` (device path, folder).
     fn describe(&self) -> String;
+
+    /// Whether frames come on the line's clock whether or not they are taken (a camera, a
+    /// paced replay). The capture thread then never waits for inference: a part that finds
+    /// the queue full gets the fail-safe at once. A source that only yields frames when asked
+    /// (an unpaced replay folder) loses nothing by waiting, so it is throttled instead.
+    fn real_time(&self) -> bool {
+        true
+    }
 }
 
 impl<S: FrameSource + ?Sized> FrameSource for Box<S> {
@@ -161,6 +169,10 @@ impl<S: FrameSource + ?Sized> FrameSource for Box<S> {
 
     fn describe(&self) -> String {
         (**self).describe()
+    }
+
+    fn real_time(&self) -> bool {
+        (**self).real_time()
     }
 }
 

@@ -14,7 +14,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::capture::decode::{DEFAULT_MAX_FILE_BYTES, decode_image, read_image_file};
+use crate::capture::decode::{
+    DEFAULT_MAX_PIXELS, decode_image_within, max_file_bytes, read_image_file,
+};
 use crate::capture::{CaptureError, Frame, FrameSource};
 use crate::clock::{Clock, MonotonicClock, Timestamp};
 use crate::config::ReplayConfig;
@@ -35,17 +37,20 @@ pub struct ReplaySource<C: Clock = MonotonicClock> {
     clock: C,
     /// When the next frame is due (paced sources only, after the first frame).
     next_due: Option<Timestamp>,
+    /// Largest frame decoded, in pixels.
+    max_pixels: u64,
 }
 
 impl ReplaySource<MonotonicClock> {
     /// Lists the configured folder; paces on the real clock.
     pub fn open(config: &ReplayConfig) -> Result<Self, CaptureError> {
-        Self::with_clock(
+        Ok(Self::with_clock(
             &config.path,
             config.fps,
             config.looping,
             MonotonicClock::new(),
-        )
+        )?
+        .with_max_pixels(config.max_pixels))
     }
 }
 
@@ -88,7 +93,15 @@ impl<C: Clock> ReplaySource<C> {
             looping,
             clock,
             next_due: None,
+            max_pixels: DEFAULT_MAX_PIXELS,
         })
+    }
+
+    /// Refuses frames larger than `max_pixels` (as corrupt frames) instead of
+    /// [`DEFAULT_MAX_PIXELS`].
+    pub fn with_max_pixels(mut self, max_pixels: u64) -> Self {
+        self.max_pixels = max_pixels;
+        self
     }
 
     /// The files that will be played, in order.
@@ -131,7 +144,7 @@ impl<C: Clock> FrameSource for ReplaySource<C> {
         // Capture time first: reading and decoding are part of the latency, as decoding an
         // MJPEG frame is for a camera.
         let timestamp = self.pace();
-        let bytes = read_image_file(&path, DEFAULT_MAX_FILE_BYTES).map_err(|source| {
+        let bytes = read_image_file(&path, max_file_bytes(self.max_pixels)).map_err(|source| {
             CaptureError::ReadFile {
                 path: path.clone(),
                 sequence,
@@ -140,7 +153,7 @@ impl<C: Clock> FrameSource for ReplaySource<C> {
             }
         })?;
         let origin = path.display().to_string();
-        match decode_image(&bytes) {
+        match decode_image_within(&bytes, self.max_pixels) {
             Ok(image) => Ok(Some(Frame {
                 image,
                 timestamp,
@@ -166,6 +179,12 @@ impl<C: Clock> FrameSource for ReplaySource<C> {
             self.root.display(),
             if self.looping { ", looping" } else { "" }
         )
+    }
+
+    /// Paced: frames are due at their slots as a camera's are. Unpaced: a frame waits until
+    /// it is asked for.
+    fn real_time(&self) -> bool {
+        self.period.is_some()
     }
 }
 
@@ -263,6 +282,30 @@ mod tests {
                     .to_string()
             })
             .collect()
+    }
+
+    /// Over the configured limit a frame is a corrupt frame (a part for the fail-safe), and
+    /// the next one still plays.
+    #[test]
+    fn frames_over_the_pixel_limit_are_corrupt_frames() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        RgbImage::new(100, 100)
+            .save(dir.path().join("0-big.png"))
+            .expect("write");
+        write_png(&dir.path().join("1-small.png"), 20);
+        let mut src = ReplaySource::with_clock(dir.path(), None, false, ManualClock::default())
+            .expect("open")
+            .with_max_pixels(8 * 6);
+        match src.next_frame() {
+            Err(CaptureError::CorruptFrame {
+                sequence: 0,
+                source: crate::capture::DecodeError::TooLarge { width: 100, .. },
+                ..
+            }) => {}
+            other => panic!("expected a too-large frame, got {other:?}"),
+        }
+        let frame = src.next_frame().expect("small frame").expect("not the end");
+        assert_eq!(frame.image.dimensions(), (8, 6));
     }
 
     #[test]
@@ -389,6 +432,7 @@ mod tests {
             path: root.clone(),
             fps: None,
             looping: false,
+            max_pixels: DEFAULT_MAX_PIXELS,
         };
         let src = ReplaySource::open(&cfg).expect("MTD test split");
         assert!(src.files().len() > 100);

@@ -79,6 +79,8 @@ pub enum FailReason {
     Dropped,
     /// A trigger fired but no frame came within the budget.
     NoFrame,
+    /// The engine was still busy with earlier parts and the queue was full.
+    Overrun,
 }
 
 impl FailReason {
@@ -91,6 +93,7 @@ impl FailReason {
             FailReason::BadFrame => "bad_frame",
             FailReason::Dropped => "dropped",
             FailReason::NoFrame => "no_frame",
+            FailReason::Overrun => "overrun",
         }
     }
 }
@@ -309,6 +312,11 @@ impl Metrics {
     /// The reject threshold in force.
     pub fn set_threshold(&self, threshold: f32) {
         self.lock().threshold = threshold;
+    }
+
+    /// The threshold last set, for parts failed safe before the engine saw them.
+    pub fn threshold(&self) -> f32 {
+        self.lock().threshold
     }
 
     /// A frame (good or unusable) came from the source.
@@ -566,6 +574,7 @@ impl Metrics {
             FailReason::BadFrame,
             FailReason::Dropped,
             FailReason::NoFrame,
+            FailReason::Overrun,
         ] {
             let v = m.failsafe.get(&reason).copied().unwrap_or(0);
             let _ = writeln!(

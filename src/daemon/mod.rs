@@ -52,7 +52,8 @@ use self::metrics::{Metrics, Snapshot};
 use self::notify::{Notification, Notifier, SystemdNotifier, WatchdogPacer};
 use self::pairing::TriggerPairer;
 use self::pipeline::{
-    ArchiveMsg, CaptureEnd, CaptureStage, InferenceStage, Job, Live, PartMode, effective_threshold,
+    ArchiveMsg, CaptureEnd, CaptureStage, InferenceStage, Job, Live, PartMode, Verdicts,
+    effective_threshold,
 };
 
 /// Why the daemon could not start or stopped with an error.
@@ -427,6 +428,13 @@ impl Daemon {
             })?
         };
 
+        let verdicts = Verdicts {
+            clock: Arc::clone(&clock),
+            metrics: Arc::clone(&metrics),
+            worker: Arc::clone(&worker),
+            archive: Some(archive_tx.clone()),
+            wait_for_archive: true,
+        };
         let inference = InferenceStage {
             engine,
             engines: engines_rx,
@@ -434,8 +442,7 @@ impl Daemon {
             clock: Arc::clone(&clock),
             live: Arc::clone(&live),
             metrics: Arc::clone(&metrics),
-            worker: Arc::clone(&worker),
-            archive: Some(archive_tx.clone()),
+            verdicts: verdicts.clone(),
         };
         let inference_thread = spawn("ustad-infer", move || inference.run())?;
 
@@ -466,7 +473,10 @@ impl Daemon {
             max_frames: options.max_frames,
             mode,
             live: Arc::clone(&live),
-            worker: Arc::clone(&worker),
+            verdicts: Verdicts {
+                wait_for_archive: false,
+                ..verdicts
+            },
         };
         let capture_thread = spawn("ustad-capture", move || capture.run())?;
 

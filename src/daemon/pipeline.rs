@@ -26,14 +26,18 @@
 //! - **Time comes from the frame**, not from when a thread got to it: pulses are scheduled at
 //!   capture (or trigger) time + delay.
 //!
-//! The queue is small and the capture thread blocks when it is full: back-pressure keeps
-//! frames in the camera's buffers, and the budget check turns stale ones into fail-safe parts.
+//! - **Capture never waits for inference on a real-time source.** The queue is small; a part
+//!   that finds it full is failed safe at once by the capture thread ([`FailReason::Overrun`]),
+//!   so a reload to a bundle that cannot keep up shows in the log, the metrics and `/healthz`
+//!   at once, and parts passing the camera keep getting armed and pulsed while the engine is
+//!   busy. Only a source that yields frames when asked (an unpaced replay folder) is throttled
+//!   by the queue instead: nothing is late for waiting there.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use image::{DynamicImage, RgbImage};
 
 use crate::actuate::trigger::TriggerEvent;
@@ -89,14 +93,56 @@ pub(crate) enum Job {
         frame: Frame,
     },
     /// The part cannot be judged; apply the fail-safe policy.
-    Failed {
-        part: u64,
-        sequence: Option<u64>,
-        captured: Timestamp,
-        origin: String,
-        reason: FailReason,
-        detail: String,
-    },
+    Failed(FailedPart),
+}
+
+impl Job {
+    /// The part as one that cannot be judged: a failed job as it is, a frame for `reason`.
+    fn into_failed(self, reason: FailReason, detail: String) -> FailedPart {
+        match self {
+            Job::Frame {
+                part,
+                captured,
+                frame,
+            } => FailedPart {
+                part,
+                sequence: Some(frame.sequence),
+                captured,
+                origin: frame.origin,
+                reason,
+                detail,
+            },
+            Job::Failed(failed) => failed,
+        }
+    }
+}
+
+/// A part that gets the fail-safe, and why.
+#[derive(Debug)]
+pub(crate) struct FailedPart {
+    pub part: u64,
+    pub sequence: Option<u64>,
+    pub captured: Timestamp,
+    pub origin: String,
+    pub reason: FailReason,
+    pub detail: String,
+}
+
+impl FailedPart {
+    fn outcome(self, decided: Timestamp, threshold: f32) -> Outcome {
+        Outcome {
+            part: self.part,
+            sequence: self.sequence,
+            origin: self.origin,
+            captured: self.captured,
+            decided,
+            score: None,
+            result: Err((self.reason, self.detail)),
+            view: None,
+            inference: None,
+            threshold,
+        }
+    }
 }
 
 /// Messages for the archive thread.
@@ -142,8 +188,9 @@ pub(crate) struct CaptureStage {
     pub max_frames: Option<u64>,
     pub mode: PartMode,
     pub live: Arc<Mutex<Live>>,
-    /// Arms each part before it is queued (see the module doc).
-    pub worker: Arc<RejectWorker>,
+    /// Arms each part before it is queued (see the module doc), and records the parts that
+    /// capture fails safe itself.
+    pub verdicts: Verdicts,
 }
 
 impl CaptureStage {
@@ -161,8 +208,8 @@ impl CaptureStage {
                 break CaptureEnd::MaxFrames;
             }
             let result = self.source.next_frame();
-            // The frame loop is alive as long as the source returns, frame or not; if the
-            // inference thread wedges, `send` below blocks and the pings stop.
+            // The frame loop is alive as long as the source returns, frame or not: it serves
+            // the line whatever inference does (parts it cannot queue get the fail-safe).
             self.watchdog.tick(self.clock.now(), self.notifier.as_ref());
             let mut jobs = Vec::new();
             match result {
@@ -230,18 +277,46 @@ impl CaptureStage {
             let (part, captured, deadline) = match &job {
                 Job::Frame { part, captured, .. } => (*part, *captured, *captured + budget),
                 // Already known to be unjudgeable: due now, whatever the queue holds.
-                Job::Failed { part, captured, .. } => (*part, *captured, self.clock.now()),
+                Job::Failed(f) => (f.part, f.captured, self.clock.now()),
             };
-            if let Err(e) = self.worker.arm(part, captured, deadline) {
+            if let Err(e) = self.verdicts.worker.arm(part, captured, deadline) {
                 log::error!("part {part}: cannot arm the reject actuator: {e}");
             }
-            if self.jobs.send(job).is_err() {
+            if !self.queue(job) {
                 log::error!("inference thread has stopped; capture stops too");
                 return false;
             }
             self.metrics.set_queue_depth(self.jobs.len());
         }
         true
+    }
+
+    /// Hands a job to the inference thread; false when that thread is gone. A real-time
+    /// source's part that finds the queue full is failed safe here and now.
+    fn queue(&self, job: Job) -> bool {
+        if !self.source.real_time() {
+            return self.jobs.send(job).is_ok();
+        }
+        match self.jobs.try_send(job) {
+            Ok(()) => true,
+            Err(TrySendError::Full(job)) => {
+                let detail = format!(
+                    "the engine is still judging earlier parts and the queue ({} parts) is \
+                     full: it cannot keep up with the line",
+                    self.jobs.capacity().unwrap_or(0)
+                );
+                let live = self
+                    .live
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let failed = job.into_failed(FailReason::Overrun, detail);
+                let outcome = failed.outcome(self.clock.now(), self.metrics.threshold());
+                self.verdicts.finish(outcome, &live);
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
     }
 
     fn on_frame(&mut self, frame: Frame, jobs: &mut Vec<Job>) {
@@ -273,14 +348,14 @@ impl CaptureStage {
         match &mut self.mode {
             PartMode::FreeRun { last } => {
                 dropped_frames(last, sequence, timestamp, &origin, jobs);
-                jobs.push(Job::Failed {
+                jobs.push(Job::Failed(FailedPart {
                     part: sequence,
                     sequence: Some(sequence),
                     captured: timestamp,
                     origin,
                     reason: FailReason::Corrupt,
                     detail: error.to_string(),
-                });
+                }));
             }
             PartMode::Triggered { pairer, .. } => {
                 for p in pairer.on_failed_frame(timestamp, &origin) {
@@ -341,7 +416,7 @@ fn dropped_frames(
         if gap <= MAX_GAP {
             let step = (timestamp - prev_ts) / gap as u32;
             for k in 1..gap {
-                jobs.push(Job::Failed {
+                jobs.push(Job::Failed(FailedPart {
                     part: prev_seq + k,
                     sequence: Some(prev_seq + k),
                     captured: prev_ts + step * k as u32,
@@ -351,7 +426,7 @@ fn dropped_frames(
                         "frame {} never arrived (dropped by the source)",
                         prev_seq + k
                     ),
-                });
+                }));
             }
         } else {
             log::warn!("{origin}: frame sequence jumped by {gap}; treating it as a restart");
@@ -367,22 +442,22 @@ fn pairing_job(p: Pairing) -> Job {
             captured: ev.timestamp,
             frame,
         },
-        Pairing::CorruptFrame(ev, origin) => Job::Failed {
+        Pairing::CorruptFrame(ev, origin) => Job::Failed(FailedPart {
             part: ev.count,
             sequence: None,
             captured: ev.timestamp,
             detail: format!("the frame after trigger {} was unusable", ev.count),
             origin,
             reason: FailReason::Corrupt,
-        },
-        Pairing::NoFrame(ev) => Job::Failed {
+        }),
+        Pairing::NoFrame(ev) => Job::Failed(FailedPart {
             part: ev.count,
             sequence: None,
             captured: ev.timestamp,
             origin: "trigger".into(),
             reason: FailReason::NoFrame,
             detail: format!("no frame arrived for trigger {}", ev.count),
-        },
+        }),
     }
 }
 
@@ -412,8 +487,7 @@ pub(crate) struct InferenceStage {
     pub clock: Arc<dyn Clock>,
     pub live: Arc<Mutex<Live>>,
     pub metrics: Arc<Metrics>,
-    pub worker: Arc<RejectWorker>,
-    pub archive: Option<Sender<ArchiveMsg>>,
+    pub verdicts: Verdicts,
 }
 
 impl InferenceStage {
@@ -442,27 +516,9 @@ impl InferenceStage {
                     captured,
                     frame,
                 } => self.judge(part, captured, frame, &live, threshold),
-                Job::Failed {
-                    part,
-                    sequence,
-                    captured,
-                    origin,
-                    reason,
-                    detail,
-                } => Outcome {
-                    part,
-                    sequence,
-                    origin,
-                    captured,
-                    decided: self.clock.now(),
-                    score: None,
-                    result: Err((reason, detail)),
-                    view: None,
-                    inference: None,
-                    threshold,
-                },
+                Job::Failed(failed) => failed.outcome(self.clock.now(), threshold),
             };
-            self.finish(outcome, &live);
+            self.verdicts.finish(outcome, &live);
         }
     }
 
@@ -553,9 +609,25 @@ impl InferenceStage {
         }
         out
     }
+}
 
+/// Where every part's verdict goes: the actuator, the metrics, the archive and the log. The
+/// inference thread records the parts it judged, the capture thread the parts it failed safe
+/// because the queue was full; both through [`Verdicts::finish`].
+#[derive(Clone)]
+pub(crate) struct Verdicts {
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub worker: Arc<RejectWorker>,
+    pub archive: Option<Sender<ArchiveMsg>>,
+    /// Wait for room in the archive's queue (inference) or count the record as lost
+    /// (capture, which must never wait).
+    pub wait_for_archive: bool,
+}
+
+impl Verdicts {
     /// The one place a part gets its verdict: actuator, metrics, archive, log.
-    fn finish(&mut self, mut o: Outcome, live: &Live) {
+    fn finish(&self, mut o: Outcome, live: &Live) {
         let actuate = match &o.result {
             Ok(verdict) => Verdict::from(*verdict),
             Err(_) => Verdict::Unjudged,
@@ -668,10 +740,13 @@ impl InferenceStage {
                 map_height: l.map_height,
                 threshold: l.threshold,
             });
-            if archive
-                .send(ArchiveMsg::Record(Box::new(record), overlay))
-                .is_err()
-            {
+            let msg = ArchiveMsg::Record(Box::new(record), overlay);
+            let sent = if self.wait_for_archive {
+                archive.send(msg).is_ok()
+            } else {
+                archive.try_send(msg).is_ok()
+            };
+            if !sent {
                 self.metrics.archive_error();
             }
         }
@@ -812,12 +887,12 @@ mod tests {
         let got: Vec<(u64, Timestamp)> = jobs
             .iter()
             .map(|j| match j {
-                Job::Failed {
+                Job::Failed(FailedPart {
                     part,
                     captured,
                     reason: FailReason::Dropped,
                     ..
-                } => (*part, *captured),
+                }) => (*part, *captured),
                 other => panic!("{other:?}"),
             })
             .collect();
