@@ -439,9 +439,7 @@ impl Daemon {
             engine,
             engines: engines_rx,
             jobs: jobs_rx,
-            clock: Arc::clone(&clock),
             live: Arc::clone(&live),
-            metrics: Arc::clone(&metrics),
             verdicts: verdicts.clone(),
         };
         let inference_thread = spawn("ustad-infer", move || inference.run())?;
@@ -464,9 +462,7 @@ impl Daemon {
 
         let capture = CaptureStage {
             source,
-            clock: Arc::clone(&clock),
             jobs: jobs_tx,
-            metrics: Arc::clone(&metrics),
             notifier: Arc::clone(&options.notifier),
             watchdog: WatchdogPacer::new(options.watchdog),
             stop: Arc::clone(&stop),

@@ -179,9 +179,7 @@ pub(crate) enum PartMode {
 /// The capture thread's state.
 pub(crate) struct CaptureStage {
     pub source: Box<dyn FrameSource>,
-    pub clock: Arc<dyn Clock>,
     pub jobs: Sender<Job>,
-    pub metrics: Arc<Metrics>,
     pub notifier: Arc<dyn Notifier>,
     pub watchdog: WatchdogPacer,
     pub stop: Arc<AtomicBool>,
@@ -189,7 +187,7 @@ pub(crate) struct CaptureStage {
     pub mode: PartMode,
     pub live: Arc<Mutex<Live>>,
     /// Arms each part before it is queued (see the module doc), and records the parts that
-    /// capture fails safe itself.
+    /// capture fails safe itself; its clock and metrics are the stage's.
     pub verdicts: Verdicts,
 }
 
@@ -210,7 +208,8 @@ impl CaptureStage {
             let result = self.source.next_frame();
             // The frame loop is alive as long as the source returns, frame or not: it serves
             // the line whatever inference does (parts it cannot queue get the fail-safe).
-            self.watchdog.tick(self.clock.now(), self.notifier.as_ref());
+            self.watchdog
+                .tick(self.verdicts.clock.now(), self.notifier.as_ref());
             let mut jobs = Vec::new();
             match result {
                 Ok(None) => break CaptureEnd::EndOfStream,
@@ -218,7 +217,7 @@ impl CaptureStage {
                     frames += 1;
                     errors_in_a_row = 0;
                     backoff.reset();
-                    self.metrics.frame_arrived();
+                    self.verdicts.metrics.frame_arrived();
                     self.take_triggers(&mut jobs);
                     self.on_frame(frame, &mut jobs);
                 }
@@ -226,12 +225,12 @@ impl CaptureStage {
                     if let Some((sequence, timestamp, origin)) = e.failed_frame() {
                         frames += 1;
                         errors_in_a_row = 0;
-                        self.metrics.frame_arrived();
+                        self.verdicts.metrics.frame_arrived();
                         self.take_triggers(&mut jobs);
                         self.on_failed_frame(sequence, timestamp, origin, &e, &mut jobs);
                     } else if e.is_transient() {
                         errors_in_a_row += 1;
-                        self.metrics.source_error();
+                        self.verdicts.metrics.source_error();
                         if errors_in_a_row == 1 || errors_in_a_row.is_power_of_two() {
                             log::warn!(
                                 "{}: {e} ({errors_in_a_row} in a row); retrying",
@@ -241,7 +240,9 @@ impl CaptureStage {
                         // Sources that back off themselves (V4L2) barely notice this; one
                         // that fails instantly must not spin the CPU.
                         let wait = backoff.next_delay();
-                        self.clock.sleep_until(self.clock.now() + wait);
+                        self.verdicts
+                            .clock
+                            .sleep_until(self.verdicts.clock.now() + wait);
                         self.take_triggers(&mut jobs);
                     } else {
                         log::error!("{}: {e}", self.source.describe());
@@ -277,7 +278,7 @@ impl CaptureStage {
             let (part, captured, deadline) = match &job {
                 Job::Frame { part, captured, .. } => (*part, *captured, *captured + budget),
                 // Already known to be unjudgeable: due now, whatever the queue holds.
-                Job::Failed(f) => (f.part, f.captured, self.clock.now()),
+                Job::Failed(f) => (f.part, f.captured, self.verdicts.clock.now()),
             };
             if let Err(e) = self.verdicts.worker.arm(part, captured, deadline) {
                 log::error!("part {part}: cannot arm the reject actuator: {e}");
@@ -286,7 +287,7 @@ impl CaptureStage {
                 log::error!("inference thread has stopped; capture stops too");
                 return false;
             }
-            self.metrics.set_queue_depth(self.jobs.len());
+            self.verdicts.metrics.set_queue_depth(self.jobs.len());
         }
         true
     }
@@ -311,7 +312,8 @@ impl CaptureStage {
                     .unwrap_or_else(PoisonError::into_inner)
                     .clone();
                 let failed = job.into_failed(FailReason::Overrun, detail);
-                let outcome = failed.outcome(self.clock.now(), self.metrics.threshold());
+                let outcome =
+                    failed.outcome(self.verdicts.clock.now(), self.verdicts.metrics.threshold());
                 self.verdicts.finish(outcome, &live);
                 true
             }
@@ -382,7 +384,7 @@ impl CaptureStage {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .budget;
-        let now = self.clock.now();
+        let now = self.verdicts.clock.now();
         if let PartMode::Triggered { pairer, .. } = &mut self.mode {
             pairer.set_max_wait(budget);
             for p in pairer.expire(now) {
@@ -484,9 +486,7 @@ pub(crate) struct InferenceStage {
     pub engine: Engine,
     pub engines: Receiver<Engine>,
     pub jobs: Receiver<Job>,
-    pub clock: Arc<dyn Clock>,
     pub live: Arc<Mutex<Live>>,
-    pub metrics: Arc<Metrics>,
     pub verdicts: Verdicts,
 }
 
@@ -494,7 +494,7 @@ impl InferenceStage {
     /// Judges parts until the capture side hangs up and the queue is empty.
     pub fn run(mut self) {
         while let Ok(job) = self.jobs.recv() {
-            self.metrics.set_queue_depth(self.jobs.len());
+            self.verdicts.metrics.set_queue_depth(self.jobs.len());
             while let Ok(engine) = self.engines.try_recv() {
                 log::info!("now judging with bundle {}", engine.bundle().dir.display());
                 self.engine = engine;
@@ -509,14 +509,14 @@ impl InferenceStage {
                 &live.model,
             );
             self.engine.set_threshold(threshold);
-            self.metrics.set_threshold(threshold);
+            self.verdicts.metrics.set_threshold(threshold);
             let outcome = match job {
                 Job::Frame {
                     part,
                     captured,
                     frame,
                 } => self.judge(part, captured, frame, &live, threshold),
-                Job::Failed(failed) => failed.outcome(self.clock.now(), threshold),
+                Job::Failed(failed) => failed.outcome(self.verdicts.clock.now(), threshold),
             };
             self.verdicts.finish(outcome, &live);
         }
@@ -542,9 +542,9 @@ impl InferenceStage {
             inference: None,
             threshold,
         };
-        let waited = self.clock.now() - captured;
+        let waited = self.verdicts.clock.now() - captured;
         if waited > live.budget {
-            out.decided = self.clock.now();
+            out.decided = self.verdicts.clock.now();
             out.result = Err((
                 FailReason::OverBudget,
                 format!(
@@ -558,7 +558,7 @@ impl InferenceStage {
         let region = match crop(frame.image, live.roi) {
             Ok(r) => r,
             Err(detail) => {
-                out.decided = self.clock.now();
+                out.decided = self.verdicts.clock.now();
                 out.result = Err((FailReason::BadFrame, detail));
                 return out;
             }
@@ -579,7 +579,7 @@ impl InferenceStage {
             )
         });
         out.inference = Some(started.elapsed());
-        out.decided = self.clock.now();
+        out.decided = self.verdicts.clock.now();
         let rgb = match input {
             DynamicImage::ImageRgb8(rgb) => Arc::new(rgb),
             other => Arc::new(other.to_rgb8()),
