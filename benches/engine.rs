@@ -8,7 +8,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 use ustad::arch::DESCRIPTOR_DIM;
 use ustad::bundle::{Decision, ImageScoreRule, InputSpec, Precision, Provenance};
-use ustad::export::{ChannelNorm, ScaleExport, write_bundle};
+use ustad::export::{ChannelNorm, ScaleExport, TeacherExport, write_bundle};
 use ustad::infer::{Engine, EngineOptions};
 use ustad::score::Calibration;
 use ustad::weights::NetworkWeights;
@@ -22,7 +22,7 @@ fn bundle(dir: &std::path::Path) -> ustad::bundle::Bundle {
         .collect();
     let scale = ScaleExport {
         stride: 4,
-        teacher: &teacher,
+        teacher: TeacherExport::Network(&teacher),
         students: &students,
         teacher_norm: ChannelNorm {
             mean: vec![0.0; DESCRIPTOR_DIM],

@@ -139,7 +139,7 @@ fn a_single_student_is_refused() {
     let scales = [common::random_scale(17, 1, 1, 3)];
     let exports = ustad::export::ScaleExport {
         stride: 1,
-        teacher: &scales[0].teacher,
+        teacher: ustad::export::TeacherExport::Network(&scales[0].teacher),
         students: &scales[0].students,
         teacher_norm: scales[0].norm.clone(),
         calibration: scales[0].calibration,

@@ -613,6 +613,34 @@ enum Command {
     Shutdown,
 }
 
+/// `SCHED_FIFO` priority of the reject thread: above every normal thread (inference, capture),
+/// low among real-time ones so it never competes with the kernel's own.
+pub const REJECT_THREAD_PRIORITY: i32 = 10;
+
+/// Puts the calling thread under `SCHED_FIFO` at [`REJECT_THREAD_PRIORITY`].
+#[cfg(target_os = "linux")]
+pub fn raise_to_realtime() -> std::io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: REJECT_THREAD_PRIORITY,
+    };
+    // SAFETY: pthread_self() is the calling thread and `param` outlives the call.
+    let code =
+        unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    match code {
+        0 => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// Real-time scheduling is only implemented for Linux.
+#[cfg(not(target_os = "linux"))]
+pub fn raise_to_realtime() -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "real-time threads are only set up on Linux",
+    ))
+}
+
 /// A [`RejectScheduler`] on its own thread, waking at each deadline.
 ///
 /// Submitting waits only for the scheduler to take the verdict (no pulse is waited for), so
@@ -626,8 +654,31 @@ pub struct RejectWorker {
 }
 
 impl RejectWorker {
-    /// Moves `scheduler` onto a new thread named `ustad-reject`.
-    pub fn spawn<P, C>(mut scheduler: RejectScheduler<P, C>) -> Result<Self, ActuateError>
+    /// Moves `scheduler` onto a new thread named `ustad-reject` at normal priority.
+    pub fn spawn<P, C>(scheduler: RejectScheduler<P, C>) -> Result<Self, ActuateError>
+    where
+        P: OutputPin + Send + 'static,
+        C: Clock + 'static,
+    {
+        Self::spawn_with(scheduler, false)
+    }
+
+    /// As [`RejectWorker::spawn`], with the thread at real-time priority where the process may
+    /// have it (`SCHED_FIFO`, see [`raise_to_realtime`]): inference saturates every core, and
+    /// a normal-priority thread that wakes late starts the pulse late. Refused (no
+    /// `RLIMIT_RTPRIO`), it logs why and runs at normal priority.
+    pub fn spawn_realtime<P, C>(scheduler: RejectScheduler<P, C>) -> Result<Self, ActuateError>
+    where
+        P: OutputPin + Send + 'static,
+        C: Clock + 'static,
+    {
+        Self::spawn_with(scheduler, true)
+    }
+
+    fn spawn_with<P, C>(
+        mut scheduler: RejectScheduler<P, C>,
+        realtime: bool,
+    ) -> Result<Self, ActuateError>
     where
         P: OutputPin + Send + 'static,
         C: Clock + 'static,
@@ -638,6 +689,16 @@ impl RejectWorker {
         let thread = thread::Builder::new()
             .name("ustad-reject".into())
             .spawn(move || {
+                if realtime {
+                    match raise_to_realtime() {
+                        Ok(()) => log::info!(
+                            "reject thread at real-time priority (SCHED_FIFO {REJECT_THREAD_PRIORITY})"
+                        ),
+                        Err(e) => log::warn!(
+                            "reject thread stays at normal priority ({e}): pulses may start late while inference saturates the CPU; allow it with LimitRTPRIO={REJECT_THREAD_PRIORITY} (the shipped unit does)"
+                        ),
+                    }
+                }
                 let publish = |s: &RejectScheduler<P, C>| {
                     *shared.lock().unwrap_or_else(PoisonError::into_inner) = s.stats();
                 };

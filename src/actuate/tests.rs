@@ -643,3 +643,26 @@ fn engine_verdicts_convert() {
         Verdict::Reject
     );
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_realtime_thread_runs_fifo_or_says_why_not() {
+    // On its own thread: the test harness's thread keeps its policy.
+    std::thread::spawn(|| match super::raise_to_realtime() {
+        Ok(()) => {
+            let mut policy = 0;
+            let mut param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: reads the calling thread's own parameters into locals.
+            let code = unsafe {
+                libc::pthread_getschedparam(libc::pthread_self(), &mut policy, &mut param)
+            };
+            assert_eq!(code, 0);
+            assert_eq!(policy, libc::SCHED_FIFO);
+            assert_eq!(param.sched_priority, super::REJECT_THREAD_PRIORITY);
+        }
+        // Without RLIMIT_RTPRIO or CAP_SYS_NICE the kernel refuses with EPERM, nothing else.
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}"),
+    })
+    .join()
+    .unwrap();
+}

@@ -327,7 +327,8 @@ fn start_actuator(
                 .map_err(|e| DaemonError::Actuator(e.to_string()))?;
             let sched =
                 RejectScheduler::new(pin, clock, g.line.clone(), timing, policy).map_err(act)?;
-            Ok((RejectWorker::spawn(sched).map_err(act)?, None))
+            // A real flap: its pulse must not wait behind inference for a core.
+            Ok((RejectWorker::spawn_realtime(sched).map_err(act)?, None))
         }
         #[cfg(not(all(feature = "gpio", target_os = "linux")))]
         ActuatorConfig::Gpio(g) => Err(DaemonError::Actuator(format!(

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use ustad::arch::DESCRIPTOR_DIM;
 use ustad::bundle::{Bundle, Decision, ImageScoreRule, InputSpec, Provenance};
-use ustad::export::{ChannelNorm, ScaleExport, write_bundle};
+use ustad::export::{ChannelNorm, ScaleExport, TeacherExport, write_bundle};
 use ustad::score::Calibration;
 use ustad::weights::NetworkWeights;
 
@@ -58,7 +58,7 @@ pub fn write_random_bundle(
         .iter()
         .map(|s| ScaleExport {
             stride: s.stride,
-            teacher: &s.teacher,
+            teacher: TeacherExport::Network(&s.teacher),
             students: &s.students,
             teacher_norm: s.norm.clone(),
             calibration: s.calibration,

@@ -2,7 +2,9 @@
 //!
 //! 1. Split `train/good` into fit and validation images (seeded).
 //! 2. Teacher statistics μ, σ per channel over every pixel of the fit images (streaming,
-//!    Welford in f64), computed with tract on the same exported graph the daemon runs.
+//!    Welford in f64), computed with tract on the same exported graph the daemon runs. A
+//!    backbone teacher first fits its PCA projection on those images and takes one σ for all
+//!    channels (see `common_scale`).
 //! 3. M independently initialised students per scale regress `(T − μ)/σ` over all pixels.
 //! 4. Export, then calibrate e/v statistics and the threshold on the validation images by
 //!    running the exported bundle itself, so the numbers in the bundle are the daemon's.
@@ -28,7 +30,10 @@ use crate::net::PatchNet;
 use ustad::arch::{DESCRIPTOR_DIM, Mode};
 use ustad::bundle::{Bundle, Decision, ImageScoreRule, InputSpec, Provenance};
 use ustad::calibrate::threshold_from_good;
-use ustad::export::{ChannelNorm, GraphSpec, ScaleExport, network_graph, save_model, write_bundle};
+use ustad::export::{
+    ChannelNorm, FeatureTap, FeatureTeacher, GraphSpec, Projection, ScaleExport, TeacherExport,
+    network_graph, save_model, write_bundle,
+};
 use ustad::infer::{Engine, EngineOptions};
 use ustad::score::{Calibration, RunningStats};
 use ustad::weights::NetworkWeights;
@@ -39,6 +44,59 @@ use ustad::weights::NetworkWeights;
 pub struct PresetScale {
     pub patch_size: usize,
     pub stride: usize,
+    /// What the students of this scale regress.
+    #[serde(default)]
+    pub teacher: TeacherKind,
+}
+
+/// The teacher of a scale.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherKind {
+    /// The distilled patch network `p{patch_size}.ustw` from `--teachers`.
+    #[default]
+    Distilled,
+    /// The backbone's own feature maps (the sidecar's dense taps), projected to the
+    /// descriptor by a PCA of the good parts: all of the backbone's knowledge, no distillation.
+    Backbone,
+}
+
+/// A scale's teacher as the fit holds it.
+enum FitTeacher {
+    Distilled(NetworkWeights),
+    Backbone(Box<FeatureTeacher>, Projection),
+}
+
+impl FitTeacher {
+    fn export(&self) -> TeacherExport<'_> {
+        match self {
+            FitTeacher::Distilled(weights) => TeacherExport::Network(weights),
+            FitTeacher::Backbone(teacher, projection) => TeacherExport::Features {
+                teacher,
+                projection,
+            },
+        }
+    }
+
+    /// What the provenance records as this scale's teacher.
+    fn describe(&self, options: &FitOptions, patch_size: usize) -> String {
+        match self {
+            FitTeacher::Distilled(_) => options
+                .teachers
+                .join(format!("p{patch_size}.ustw"))
+                .display()
+                .to_string(),
+            FitTeacher::Backbone(teacher, projection) => format!(
+                "backbone {} nodes {} ({}×{} averaged), PCA {} -> {}",
+                teacher.source().display(),
+                teacher.tap().nodes.join("+"),
+                teacher.tap().neighbourhood,
+                teacher.tap().neighbourhood,
+                projection.inputs,
+                projection.outputs()
+            ),
+        }
+    }
 }
 
 /// A named speed/accuracy setting (`config/presets/*.toml`).
@@ -93,8 +151,12 @@ impl Schedule {
 }
 
 /// Presets compiled into the binary; a path to a `.toml` file works too.
-const BUILTIN_PRESETS: [(&str, &str); 3] = [
+const BUILTIN_PRESETS: [(&str, &str); 4] = [
     ("edge", include_str!("../../config/presets/edge.toml")),
+    (
+        "edge-distilled",
+        include_str!("../../config/presets/edge-distilled.toml"),
+    ),
     (
         "edge-p65",
         include_str!("../../config/presets/edge-p65.toml"),
@@ -142,6 +204,10 @@ pub struct FitOptions {
     pub out: PathBuf,
     pub preset: Preset,
     pub teachers: PathBuf,
+    /// The backbone ONNX of `teacher = "backbone"` scales, and its sidecar (found by the
+    /// ONNX stem when `None`).
+    pub backbone: PathBuf,
+    pub backbone_config: Option<PathBuf>,
     pub validation_fraction: f64,
     pub target_false_reject_rate: f64,
     pub margin: f32,
@@ -264,6 +330,21 @@ pub fn channel_statistics(maps: &[Vec<f32>], channels: usize) -> ChannelNorm {
     }
 }
 
+/// The same centring with one σ for every channel (the root mean square of theirs).
+///
+/// A feature teacher's channels are principal components: a few carry most of the variance and
+/// a hundred carry little more than noise. Scaled each to unit variance, those hundred make
+/// most of the students' loss, and on MTD the students learned nothing (epoch-1 loss 127.5 of a
+/// target variance of 128); one common σ keeps the components' relative weight, so the loss,
+/// like the error map, is the features' plain Euclidean distance.
+fn common_scale(norm: ChannelNorm) -> ChannelNorm {
+    let rms = (norm.std.iter().map(|s| s * s).sum::<f32>() / norm.std.len().max(1) as f32).sqrt();
+    ChannelNorm {
+        std: vec![rms.max(1e-6); norm.std.len()],
+        mean: norm.mean,
+    }
+}
+
 /// The M students of one scale, trained together (independent weights, summed losses).
 #[derive(Module, Debug)]
 pub struct Ensemble {
@@ -372,30 +453,53 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
         let mode = Mode::Image {
             stride: scale.stride,
         };
-        let teacher_path = options.teachers.join(format!("p{p}.ustw"));
-        let teacher = NetworkWeights::load(&teacher_path).with_context(|| format!("loading the p = {p} teacher (train one with `ustad-train teacher --patch-size {p}`)"))?;
+        let (mh, mw) =
+            ustad::arch::Architecture::for_patch_size(p)?.output_size(mode, height, width)?;
         let graph_path = work.join(format!("p{p}-s{}-teacher-raw.onnx", scale.stride));
-        let graph = network_graph(
-            &teacher,
-            &GraphSpec {
-                height,
-                width,
-                mode,
-                output_norm: None,
-            },
-        )?;
-        save_model(&graph, &graph_path)?;
         let t0 = Instant::now();
-        let raw = run_network(&graph_path, &train_inputs, height, width)?;
-        let norm = channel_statistics(&raw, DESCRIPTOR_DIM);
+        let (teacher, raw) = match scale.teacher {
+            TeacherKind::Distilled => {
+                let teacher_path = options.teachers.join(format!("p{p}.ustw"));
+                let teacher = NetworkWeights::load(&teacher_path).with_context(|| format!("loading the p = {p} teacher (train one with `ustad-train teacher --patch-size {p}`)"))?;
+                let graph = network_graph(
+                    &teacher,
+                    &GraphSpec {
+                        height,
+                        width,
+                        mode,
+                        output_norm: None,
+                    },
+                )?;
+                save_model(&graph, &graph_path)?;
+                let raw = run_network(&graph_path, &train_inputs, height, width)?;
+                (FitTeacher::Distilled(teacher), raw)
+            }
+            TeacherKind::Backbone => {
+                let teacher = feature_teacher(options, height, width)?;
+                save_model(
+                    &teacher.graph(&spec, scale.stride, (mh, mw), None)?,
+                    &graph_path,
+                )?;
+                let features = run_network(&graph_path, &train_inputs, height, width)?;
+                let projection = crate::pca::principal_projection(
+                    &features,
+                    teacher.channels(),
+                    DESCRIPTOR_DIM,
+                )?;
+                let raw = features.par_iter().map(|f| projection.apply(f)).collect();
+                (FitTeacher::Backbone(Box::new(teacher), projection), raw)
+            }
+        };
+        let norm = match teacher {
+            FitTeacher::Distilled(_) => channel_statistics(&raw, DESCRIPTOR_DIM),
+            FitTeacher::Backbone(..) => common_scale(channel_statistics(&raw, DESCRIPTOR_DIM)),
+        };
         log::info!(
             "p = {p}: teacher maps and statistics of {} images in {:.1} s",
             raw.len(),
             t0.elapsed().as_secs_f64()
         );
         let pixels = raw[0].len() / DESCRIPTOR_DIM;
-        let (mh, mw) =
-            ustad::arch::Architecture::for_patch_size(p)?.output_size(mode, height, width)?;
         let targets: Vec<Vec<f32>> = raw
             .into_iter()
             .map(|mut map| {
@@ -565,7 +669,7 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
             .enumerate()
             .map(|(i, s)| ScaleExport {
                 stride: s.stride,
-                teacher: &teachers[i],
+                teacher: teachers[i].export(),
                 students: &student_weights[i],
                 teacher_norm: norms[i].clone(),
                 calibration: calibrations[i],
@@ -642,14 +746,29 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
                 TensorData::new(input.clone(), [1, 3, height, width]),
                 device,
             );
-            let teacher = PatchNet::from_weights(&teachers[i], device)?;
-            let t = crate::net::to_vec(teacher.forward(x.clone(), mode)?);
+            let t: Vec<f32> = match &teachers[i] {
+                FitTeacher::Distilled(weights) => {
+                    let teacher = PatchNet::from_weights(weights, device)?;
+                    let t = crate::net::to_vec(teacher.forward(x.clone(), mode)?);
+                    let pixels = t.len() / DESCRIPTOR_DIM;
+                    t.iter()
+                        .enumerate()
+                        .map(|(k, v)| (v - norms[i].mean[k / pixels]) / norms[i].std[k / pixels])
+                        .collect()
+                }
+                // burn has no backbone: the students' parity is checked against tract's
+                // teacher, whose graph a test checks against the distillation targets.
+                FitTeacher::Backbone(..) => {
+                    let label = format!("p{}/teacher", scale.patch_size);
+                    engine
+                        .network_outputs()
+                        .into_iter()
+                        .find(|(l, _)| *l == label)
+                        .map(|(_, t)| t.to_vec())
+                        .with_context(|| format!("the engine has no network `{label}`"))?
+                }
+            };
             let pixels = t.len() / DESCRIPTOR_DIM;
-            let t: Vec<f32> = t
-                .iter()
-                .enumerate()
-                .map(|(k, v)| (v - norms[i].mean[k / pixels]) / norms[i].std[k / pixels])
-                .collect();
             let students: Vec<Vec<f32>> = ensembles[i]
                 .students
                 .iter()
@@ -697,15 +816,8 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
             preset
                 .scales
                 .iter()
-                .map(|s| {
-                    toml::Value::String(
-                        options
-                            .teachers
-                            .join(format!("p{}.ustw", s.patch_size))
-                            .display()
-                            .to_string(),
-                    )
-                })
+                .zip(&teachers)
+                .map(|(s, t)| toml::Value::String(t.describe(options, s.patch_size)))
                 .collect(),
         ),
     );
@@ -763,11 +875,15 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
                     save_model(&int8_graph(weights, &graph, &ranges)?, &out.join(&file))?;
                     Ok(file)
                 };
-            let teacher = write(
-                &teachers[i],
-                graph_spec(Some(norms[i].clone())),
-                format!("p{p}-s{s}-teacher-int8.onnx"),
-            )?;
+            let teacher = match &teachers[i] {
+                FitTeacher::Distilled(weights) => write(
+                    weights,
+                    graph_spec(Some(norms[i].clone())),
+                    format!("p{p}-s{s}-teacher-int8.onnx"),
+                )?,
+                // No int8 backbone: the int8 students run beside the f32 feature teacher.
+                FitTeacher::Backbone(..) => bundle.manifest.scales[i].teacher.clone(),
+            };
             let students = student_weights[i]
                 .iter()
                 .enumerate()
@@ -877,4 +993,27 @@ pub fn utc_now() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// The feature teacher of `options.backbone`, from its sidecar's dense taps.
+fn feature_teacher(options: &FitOptions, height: usize, width: usize) -> Result<FeatureTeacher> {
+    let sidecar = match &options.backbone_config {
+        Some(path) => path.clone(),
+        None => crate::backbone::BackboneConfig::find(&options.backbone)?,
+    };
+    let config = crate::backbone::BackboneConfig::load(&sidecar)?;
+    let Some(dense) = config.dense else {
+        bail!(
+            "{}: no [dense] taps; a backbone teacher reads the nodes that section names",
+            sidecar.display()
+        );
+    };
+    let tap = FeatureTap {
+        input: config.input,
+        mean: config.mean,
+        std: config.std,
+        nodes: dense.nodes,
+        neighbourhood: dense.neighbourhood,
+    };
+    Ok(FeatureTeacher::load(&options.backbone, tap, height, width)?)
 }

@@ -9,4 +9,5 @@ pub mod corpus;
 pub mod device;
 pub mod fit;
 pub mod net;
+pub mod pca;
 pub mod teacher;

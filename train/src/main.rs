@@ -31,6 +31,22 @@ enum Command {
     Arch,
 }
 
+/// The ImageNet backbone: the distillation source of `teacher`, the teacher itself of
+/// `teacher = "backbone"` scales in `fit`.
+#[derive(Args)]
+struct BackboneArgs {
+    /// Pretrained backbone ONNX.
+    #[arg(
+        long,
+        default_value = "../shared/models/efficientnet_lite0_imagenet.onnx"
+    )]
+    backbone: PathBuf,
+    /// Backbone sidecar (input normalisation, outputs, dense taps); default: found by the ONNX
+    /// stem.
+    #[arg(long)]
+    backbone_config: Option<PathBuf>,
+}
+
 #[derive(Args)]
 struct FitArgs {
     /// Dataset in MVTec AD layout; only train/good is used.
@@ -39,12 +55,17 @@ struct FitArgs {
     /// Output bundle directory.
     #[arg(long)]
     out: PathBuf,
-    /// Built-in preset (edge, edge-p65, paper) or a preset .toml file.
+    /// Built-in preset (edge, edge-distilled, edge-p65, paper) or a preset .toml file.
     #[arg(long, default_value = "edge")]
     preset: String,
     /// Folder with the pretrained teachers p17.ustw, p33.ustw, p65.ustw.
     #[arg(long, default_value = "models/teachers")]
     teachers: PathBuf,
+    /// Override every scale's teacher: a distilled network or the backbone's own features.
+    #[arg(long, value_enum)]
+    teacher: Option<ustad_train::fit::TeacherKind>,
+    #[command(flatten)]
+    backbone: BackboneArgs,
     /// Override the preset's number of students per scale.
     #[arg(long)]
     students: Option<usize>,
@@ -130,15 +151,8 @@ struct TeacherArgs {
     /// at stride 4 by default, so the probe sees many images, not many cells of a few).
     #[arg(long, default_value_t = 65_536)]
     probe_cells: usize,
-    /// Pretrained backbone ONNX (the distillation source).
-    #[arg(
-        long,
-        default_value = "../shared/models/efficientnet_lite0_imagenet.onnx"
-    )]
-    backbone: PathBuf,
-    /// Backbone sidecar (input normalisation, output name); default: found by the ONNX stem.
-    #[arg(long)]
-    backbone_config: Option<PathBuf>,
+    #[command(flatten)]
+    backbone: BackboneArgs,
     /// Resize crops to this side before the backbone (0 = feed the p×p patch).
     #[arg(long, default_value_t = 0)]
     backbone_size: usize,
@@ -205,7 +219,7 @@ fn main() -> Result<()> {
                 stride: a.stride,
                 validation_crops: a.validation_crops,
                 probe_cells: a.probe_cells,
-                backbone_config: a.backbone_config,
+                backbone_config: a.backbone.backbone_config,
                 backbone_size: a.backbone_size,
                 iterations: a.iterations,
                 batch: a.batch.unwrap_or(if dense { 8 } else { 64 }),
@@ -222,7 +236,7 @@ fn main() -> Result<()> {
                 baseline_patches: a.baseline_patches,
                 seed: a.seed,
                 resume: a.resume,
-                ..TeacherOptions::paper(a.patch_size, a.backbone, a.images, a.out.clone())
+                ..TeacherOptions::paper(a.patch_size, a.backbone.backbone, a.images, a.out.clone())
             };
             let report = train_teacher(&options, &device)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -235,12 +249,19 @@ fn main() -> Result<()> {
             preset.batch = a.batch.unwrap_or(preset.batch);
             preset.learning_rate = a.learning_rate.unwrap_or(preset.learning_rate);
             preset.schedule = a.schedule.unwrap_or(preset.schedule);
+            if let Some(teacher) = a.teacher {
+                for scale in &mut preset.scales {
+                    scale.teacher = teacher;
+                }
+            }
             let max_fit_images = a.max_fit_images.unwrap_or(preset.max_fit_images);
             let options = ustad_train::fit::FitOptions {
                 data: a.data,
                 out: a.out,
                 preset,
                 teachers: a.teachers,
+                backbone: a.backbone.backbone,
+                backbone_config: a.backbone.backbone_config,
                 validation_fraction: a.validation_fraction,
                 target_false_reject_rate: a.target_frr,
                 margin: a.margin,

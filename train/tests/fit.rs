@@ -60,6 +60,8 @@ fn options(root: &Path, data: PathBuf) -> FitOptions {
         out: root.join("bundle"),
         preset: small_preset(root),
         teachers,
+        backbone: root.join("unused-backbone.onnx"),
+        backbone_config: None,
         validation_fraction: 0.3,
         target_false_reject_rate: 0.1,
         margin: 0.1,
@@ -208,7 +210,7 @@ fn cosine_schedule_starts_at_the_rate_halves_midway_and_ends_at_zero() {
 
 #[test]
 fn presets_read_the_schedule_and_refuse_an_unknown_one() {
-    for name in ["edge", "edge-p65", "paper"] {
+    for name in ["edge", "edge-distilled", "edge-p65", "paper"] {
         assert_eq!(
             Preset::load(name).unwrap().schedule,
             Schedule::Constant,

@@ -50,15 +50,9 @@ pub fn box_average(map: &FeatureMap, k: usize) -> FeatureMap {
     }
 }
 
-/// Continuous source coordinate on a node axis of `len` cells at stride `node_stride` for the
-/// teacher cell `i` at stride `grid_stride`, as `(low index, high index, weight of high)`.
-fn source(i: usize, grid_stride: usize, node_stride: f32, len: usize) -> (usize, usize, f32) {
-    let centre = i as f32 * grid_stride as f32;
-    let u = ((centre - (node_stride - 1.0) / 2.0) / node_stride).clamp(0.0, (len - 1) as f32);
-    let low = u.floor() as usize;
-    let high = (low + 1).min(len - 1);
-    (low, high, u - low as f32)
-}
+// The geometry is the feature teacher's (`ustad::export::features`), so a backbone teacher
+// and a distilled one read the backbone at the same places.
+use ustad::export::features::source_coordinate as source;
 
 /// `map` (already aggregated) sampled at every cell of `grid`: `channels × grid.height ×
 /// grid.width`, appended to `out`.

@@ -14,6 +14,10 @@ use tract_onnx::pb;
 use crate::arch::{ArchError, DESCRIPTOR_DIM, INPUT_CHANNELS, LEAKY_SLOPE, Mode, PlannedLayer};
 use crate::weights::{NetworkWeights, WeightsError};
 
+pub mod features;
+
+pub use features::{FeatureTap, FeatureTeacher, FeatureTeacherError, Projection};
+
 /// Name of the graph input: `[1, 3, H, W]` f32, preprocessed as the bundle says.
 pub const INPUT_NAME: &str = "image";
 /// Name of the graph output: `[1, 128, H/s, W/s]` f32 descriptors.
@@ -37,6 +41,10 @@ pub enum ExportError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    FeatureTeacher(#[from] FeatureTeacherError),
+    #[error("a scale with a feature teacher needs at least one student to set its architecture")]
+    NoStudents,
 }
 
 /// Per-channel affine normalisation `(y − mean) / std` of the network output.
@@ -299,11 +307,23 @@ pub(crate) fn value_info(name: &str, dims: &[usize]) -> pb::ValueInfoProto {
     }
 }
 
+/// What a scale's teacher is.
+#[derive(Debug, Clone, Copy)]
+pub enum TeacherExport<'a> {
+    /// A distilled patch network; μ, σ are folded into its last convolution.
+    Network(&'a NetworkWeights),
+    /// The backbone's own features through a fitted projection; μ, σ are folded into it.
+    Features {
+        teacher: &'a FeatureTeacher,
+        projection: &'a Projection,
+    },
+}
+
 /// The networks and statistics of one scale, ready to be written into a bundle.
 #[derive(Debug, Clone)]
 pub struct ScaleExport<'a> {
     pub stride: usize,
-    pub teacher: &'a NetworkWeights,
+    pub teacher: TeacherExport<'a>,
     pub students: &'a [NetworkWeights],
     /// Teacher statistics μ, σ: folded into the teacher graph and recorded in the manifest.
     pub teacher_norm: ChannelNorm,
@@ -328,7 +348,12 @@ pub fn write_bundle(
     })?;
     let mut specs = Vec::with_capacity(scales.len());
     for scale in scales {
-        let p = scale.teacher.patch_size;
+        // The students set the scale's architecture (a feature teacher has none of its own).
+        let p = match (scale.teacher, scale.students.first()) {
+            (TeacherExport::Network(weights), _) => weights.patch_size,
+            (TeacherExport::Features { .. }, Some(student)) => student.patch_size,
+            (TeacherExport::Features { .. }, None) => return Err(ExportError::NoStudents.into()),
+        };
         let spec = |norm: Option<ChannelNorm>| GraphSpec {
             height: input.height,
             width: input.width,
@@ -338,7 +363,25 @@ pub fn write_bundle(
             output_norm: norm,
         };
         let teacher_file = format!("p{p}-s{}-teacher.onnx", scale.stride);
-        let model = network_graph(scale.teacher, &spec(Some(scale.teacher_norm.clone())))?;
+        let model = match scale.teacher {
+            TeacherExport::Network(weights) => {
+                network_graph(weights, &spec(Some(scale.teacher_norm.clone())))?
+            }
+            TeacherExport::Features {
+                teacher,
+                projection,
+            } => {
+                let arch =
+                    crate::arch::Architecture::for_patch_size(p).map_err(ExportError::from)?;
+                let grid = arch
+                    .output_size(spec(None).mode, input.height, input.width)
+                    .map_err(ExportError::from)?;
+                let head = projection.then_normalise(&scale.teacher_norm);
+                teacher
+                    .graph(&input, scale.stride, grid, Some(&head))
+                    .map_err(ExportError::from)?
+            }
+        };
         save_model(&model, &dir.join(&teacher_file))?;
         let mut student_files = Vec::new();
         for (i, student) in scale.students.iter().enumerate() {

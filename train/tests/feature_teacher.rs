@@ -1,0 +1,190 @@
+//! The backbone-feature teacher: its ONNX graph against the distillation targets computed
+//! directly, its fit end to end, and its errors.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::shared;
+use image::{DynamicImage, RgbImage};
+use tract_onnx::prelude::*;
+
+use ustad::arch::{Architecture, Mode};
+use ustad::bundle::{Bundle, InputSpec};
+use ustad::export::{FeatureTap, FeatureTeacher, FeatureTeacherError, save_model};
+use ustad_train::backbone::{BackboneConfig, FeatureBackbone};
+use ustad_train::teacher::targets::{Grid, dense_target};
+
+fn backbone_onnx() -> PathBuf {
+    shared().join("models/efficientnet_lite0_imagenet.onnx")
+}
+
+fn tap() -> FeatureTap {
+    let config = BackboneConfig::load(&BackboneConfig::find(&backbone_onnx()).unwrap()).unwrap();
+    let dense = config.dense.unwrap();
+    FeatureTap {
+        input: config.input,
+        mean: config.mean,
+        std: config.std,
+        nodes: dense.nodes,
+        neighbourhood: dense.neighbourhood,
+    }
+}
+
+fn mtd_tile(side: u32) -> RgbImage {
+    let files = ustad::dataset::images_in(&shared().join("data/mtd/train/good")).unwrap();
+    let image = image::open(&files[0]).unwrap().to_rgb8();
+    image::imageops::resize(&image, side, side, image::imageops::FilterType::Triangle)
+}
+
+fn run(path: &Path, input: &[f32], side: usize) -> Vec<f32> {
+    let plan = tract_onnx::onnx()
+        .model_for_path(path)
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let tensor = tract_onnx::prelude::Tensor::from_shape(&[1, 3, side, side], input).unwrap();
+    let out = plan.run(tvec![tensor.into_tvalue()]).unwrap();
+    out[0]
+        .try_as_plain_ram()
+        .unwrap()
+        .as_slice::<f32>()
+        .unwrap()
+        .to_vec()
+}
+
+#[test]
+fn the_teacher_graph_equals_the_dense_targets_computed_directly() {
+    let side = 128;
+    let tile = mtd_tile(side as u32);
+    let tap = tap();
+    let (mh, mw) = Architecture::for_patch_size(33)
+        .unwrap()
+        .output_size(Mode::Image { stride: 4 }, side, side)
+        .unwrap();
+
+    // Direct: the backbone's node maps, averaged and resampled by the distillation code.
+    let config = BackboneConfig::load(&BackboneConfig::find(&backbone_onnx()).unwrap()).unwrap();
+    let backbone = FeatureBackbone::load(&backbone_onnx(), config, &tap.nodes, 1, side).unwrap();
+    let maps = backbone.maps(std::slice::from_ref(&tile)).unwrap();
+    let grid = Grid {
+        input: side,
+        stride: 4,
+        height: mh,
+        width: mw,
+    };
+    let direct = dense_target(&maps[0], tap.neighbourhood, &grid);
+
+    // The exported graph on the bundle's (ImageNet-normalised) pixels.
+    let teacher = FeatureTeacher::load(&backbone_onnx(), tap, side, side).unwrap();
+    assert_eq!(teacher.channels(), 152, "res4 (40) + res10 (112)");
+    let spec = InputSpec::imagenet(side, side);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("teacher.onnx");
+    save_model(&teacher.graph(&spec, 4, (mh, mw), None).unwrap(), &path).unwrap();
+    let input = ustad::preprocess::to_input(&DynamicImage::ImageRgb8(tile), &spec);
+    let graph = run(&path, &input, side);
+
+    assert_eq!(graph.len(), direct.len());
+    let spread = direct.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let worst = graph
+        .iter()
+        .zip(&direct)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(spread > 0.1, "the features are not trivially zero");
+    assert!(
+        worst < 1e-3 * spread,
+        "graph vs direct: worst {worst}, spread {spread}"
+    );
+}
+
+#[test]
+fn a_missing_node_or_a_corrupt_backbone_names_the_problem() {
+    let mut bad_tap = tap();
+    bad_tap.nodes = vec!["res4".into(), "no_such_node".into()];
+    match FeatureTeacher::load(&backbone_onnx(), bad_tap, 64, 64) {
+        Err(FeatureTeacherError::MissingNode { node, .. }) => assert_eq!(node, "no_such_node"),
+        other => panic!("expected a missing-node error, got {other:?}"),
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("backbone.onnx");
+    std::fs::write(&corrupt, b"\x08\x07 definitely not a model").unwrap();
+    let err = FeatureTeacher::load(&corrupt, tap(), 64, 64).unwrap_err();
+    assert!(err.to_string().contains("backbone.onnx"), "{err}");
+    let err = FeatureTeacher::load(&dir.path().join("absent.onnx"), tap(), 64, 64).unwrap_err();
+    assert!(err.to_string().contains("absent.onnx"), "{err}");
+}
+
+#[test]
+fn a_bundle_with_a_feature_teacher_loads_and_scores() {
+    use burn::tensor::Device;
+    use ustad::infer::{Engine, EngineOptions};
+    use ustad_train::fit::{FitOptions, Preset, TeacherKind, fit};
+
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("data/train/good");
+    std::fs::create_dir_all(&good).unwrap();
+    let mut files = ustad::dataset::images_in(&shared().join("data/mtd/train/good")).unwrap();
+    files.truncate(8);
+    for f in &files {
+        std::fs::copy(f, good.join(f.file_name().unwrap())).unwrap();
+    }
+    let preset_path = dir.path().join("tiny.toml");
+    std::fs::write(
+        &preset_path,
+        r#"
+name = "tiny-backbone"
+description = "test preset"
+width = 64
+height = 64
+students = 2
+epochs = 1
+batch = 4
+learning_rate = 1e-4
+scales = [{ patch_size = 33, stride = 4, teacher = "backbone" }]
+[image_score]
+smoothing_sigma = 1.0
+top_fraction = 0.01
+"#,
+    )
+    .unwrap();
+    let preset = Preset::load(preset_path.to_str().unwrap()).unwrap();
+    assert_eq!(preset.scales[0].teacher, TeacherKind::Backbone);
+    let options = FitOptions {
+        data: dir.path().join("data"),
+        out: dir.path().join("bundle"),
+        preset,
+        teachers: dir.path().join("no-teachers-needed"),
+        backbone: backbone_onnx(),
+        backbone_config: None,
+        validation_fraction: 0.3,
+        target_false_reject_rate: 0.1,
+        margin: 0.1,
+        weight_decay: 1e-5,
+        symmetric: false,
+        max_fit_images: 0,
+        seed: 1,
+        resume: false,
+        progress: false,
+        precision: ustad::quantize::ExportPrecision::Both,
+    };
+    let report = fit(&options, &Device::flex().autodiff()).unwrap();
+    assert!(
+        report.parity_max_abs < 1e-3,
+        "burn vs tract student parity {}",
+        report.parity_max_abs
+    );
+    let bundle = Bundle::load(&options.out).unwrap();
+    let scale = &bundle.manifest.scales[0];
+    // The int8 students share the f32 feature teacher.
+    assert_eq!(scale.int8.as_ref().unwrap().teacher, scale.teacher);
+    let teachers = bundle.manifest.provenance.extra["teachers"].to_string();
+    assert!(teachers.contains("res4+res10"), "{teachers}");
+    let mut engine = Engine::load(bundle, EngineOptions::default()).unwrap();
+    let image = image::open(&files[0]).unwrap();
+    let score = engine.analyze(&image).unwrap().score;
+    assert!(score.is_finite());
+}
