@@ -145,3 +145,40 @@ fn bench_table_is_printed_without_json() {
         assert!(stdout.contains(needle), "{needle} missing from\n{stdout}");
     }
 }
+
+#[test]
+fn network_macs_are_counted_from_the_graphs() {
+    use ustad::arch::{Architecture, Mode};
+    use ustad::bundle::Bundle;
+    // Patch networks: the graph count is the architecture's.
+    let dir = tempfile::tempdir().unwrap();
+    common::write_random_bundle(
+        dir.path(),
+        InputSpec::imagenet(48, 48),
+        &[common::random_scale(33, 4, 2, 3)],
+        ImageScoreRule::default(),
+        1.0,
+    );
+    let bundle = Bundle::load(dir.path()).unwrap();
+    let arch = Architecture::for_patch_size(33)
+        .unwrap()
+        .macs(Mode::Image { stride: 4 }, 48, 48)
+        .unwrap();
+    assert_eq!(ustad::bench::network_macs(&bundle).unwrap(), vec![arch; 3]);
+    // The shipped bundle's teacher is the backbone: far cheaper than its patch-network students.
+    let shipped = Bundle::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/bundles/mtd-edge"),
+    )
+    .unwrap();
+    let macs = ustad::bench::network_macs(&shipped).unwrap();
+    let student = Architecture::for_patch_size(33)
+        .unwrap()
+        .macs(Mode::Image { stride: 4 }, 128, 128)
+        .unwrap();
+    assert!(macs[1..].iter().all(|m| *m == student), "{macs:?}");
+    assert!(
+        macs[0] > 0 && macs[0] < student / 4,
+        "teacher {} vs student {student}",
+        macs[0]
+    );
+}
