@@ -137,20 +137,10 @@ impl Projection {
         out
     }
 
-    /// The same projection followed by `(y − mean) / std` per output channel.
+    /// The same projection followed by `(y − mean) / std` per output channel (folded as a
+    /// distilled teacher's last convolution is).
     pub fn then_normalise(&self, norm: &ChannelNorm) -> Projection {
-        let weight = self
-            .weight
-            .chunks_exact(self.inputs)
-            .zip(&norm.std)
-            .flat_map(|(row, s)| row.iter().map(move |w| w / s))
-            .collect();
-        let bias = self
-            .bias
-            .iter()
-            .zip(norm.mean.iter().zip(&norm.std))
-            .map(|(b, (m, s))| (b - m) / s)
-            .collect();
+        let (weight, bias) = super::fold_normalisation(&self.weight, &self.bias, norm);
         Projection {
             weight,
             bias,

@@ -30,7 +30,9 @@ pub fn principal_projection(
     if maps.is_empty() || channels == 0 {
         return Err(PcaError::Empty);
     }
-    let (mean, std) = moments(maps, channels);
+    let (mean, std) = crate::teacher::targets::channel_moments(maps, channels);
+    let mean: Vec<f64> = mean.into_iter().map(f64::from).collect();
+    let std: Vec<f64> = std.into_iter().map(f64::from).collect();
     let covariance = standardised_covariance(maps, channels, &mean, &std);
     let (values, vectors) = symmetric_eigen(covariance, channels);
     let mut order: Vec<usize> = (0..channels).collect();
@@ -51,39 +53,6 @@ pub fn principal_projection(
         bias,
         inputs: channels,
     })
-}
-
-/// Per-channel mean and standard deviation (a constant channel keeps σ = 1).
-fn moments(maps: &[Vec<f32>], channels: usize) -> (Vec<f64>, Vec<f64>) {
-    let (sum, sq, n) = maps
-        .par_iter()
-        .map(|map| {
-            let cells = map.len() / channels;
-            let mut sum = vec![0.0f64; channels];
-            let mut sq = vec![0.0f64; channels];
-            for c in 0..channels {
-                for &v in &map[c * cells..(c + 1) * cells] {
-                    sum[c] += v as f64;
-                    sq[c] += v as f64 * v as f64;
-                }
-            }
-            (sum, sq, cells)
-        })
-        .reduce(
-            || (vec![0.0; channels], vec![0.0; channels], 0),
-            |a, b| (add(a.0, &b.0), add(a.1, &b.1), a.2 + b.2),
-        );
-    let n = n.max(1) as f64;
-    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-    let std = sq
-        .iter()
-        .zip(&mean)
-        .map(|(q, m)| {
-            let s = (q / n - m * m).max(0.0).sqrt();
-            if s > 1e-6 { s } else { 1.0 }
-        })
-        .collect();
-    (mean, std)
 }
 
 fn add(mut a: Vec<f64>, b: &[f64]) -> Vec<f64> {
