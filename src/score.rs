@@ -5,12 +5,13 @@
 //! Per pixel, with teacher descriptor `t` (already normalised by μ, σ) and `M` students `sᵢ`:
 //! - `e = ‖mean_i sᵢ − t‖²`
 //! - `v = mean_i ‖sᵢ‖² − ‖mean_i sᵢ‖²`
-//! - `score = (e − e_μ)/e_σ + (v − v_μ)/v_σ`, with statistics from held-out good images.
+//! - `score = (e − e_μ)/e_σ + w·(v − v_μ)/v_σ`, with statistics from held-out good images and
+//!   `w` the variance weight: 1 in the paper; 0 (error only) where it measures better.
 
 use serde::{Deserialize, Serialize};
 
 /// Calibration of one scale: mean and standard deviation of `e` and `v` over the pixels of
-/// held-out defect-free images.
+/// held-out defect-free images, and how much the variance counts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Calibration {
@@ -18,6 +19,12 @@ pub struct Calibration {
     pub error_std: f32,
     pub variance_mean: f32,
     pub variance_std: f32,
+    /// Weight of the normalised variance beside the normalised error. The paper adds both
+    /// (1, the default for bundles that do not say); with students that cannot fully predict
+    /// their teacher the students disagree on good parts as much as on defects, and the
+    /// variance only adds noise (on MTD, error alone: image AUROC 0.81 against 0.73).
+    #[serde(default = "Calibration::paper_variance_weight")]
+    pub variance_weight: f32,
 }
 
 impl Calibration {
@@ -27,7 +34,28 @@ impl Calibration {
         error_std: 1.0,
         variance_mean: 0.0,
         variance_std: 1.0,
+        variance_weight: 1.0,
     };
+
+    /// The paper's `e + v`.
+    pub const fn paper_variance_weight() -> f32 {
+        1.0
+    }
+
+    /// The calibration of the error and variance statistics of held-out good pixels.
+    pub fn from_statistics(
+        error: &RunningStats,
+        variance: &RunningStats,
+        variance_weight: f32,
+    ) -> Self {
+        Self {
+            error_mean: error.mean() as f32,
+            error_std: (error.std() as f32).max(1e-12),
+            variance_mean: variance.mean() as f32,
+            variance_std: (variance.std() as f32).max(1e-12),
+            variance_weight,
+        }
+    }
 
     /// The name of the first field that is not finite or, for a deviation, not positive.
     pub fn invalid_field(&self) -> Option<&'static str> {
@@ -40,13 +68,17 @@ impl Calibration {
         .into_iter()
         .find(|&(_, v, positive)| !v.is_finite() || (positive && v <= 0.0))
         .map(|(name, _, _)| name)
+        .or(
+            (!(self.variance_weight.is_finite() && self.variance_weight >= 0.0))
+                .then_some("variance_weight"),
+        )
     }
 
     /// The calibrated score of one pixel.
     #[inline]
     pub fn normalise(&self, error: f32, variance: f32) -> f32 {
         (error - self.error_mean) / self.error_std
-            + (variance - self.variance_mean) / self.variance_std
+            + self.variance_weight * (variance - self.variance_mean) / self.variance_std
     }
 }
 
@@ -297,5 +329,33 @@ mod tests {
         c.error_mean = f32::NAN;
         assert_eq!(c.invalid_field(), Some("error_mean"));
         assert_eq!(Calibration::IDENTITY.normalise(2.0, 3.0), 5.0);
+        let negative = Calibration {
+            variance_weight: -1.0,
+            ..Calibration::IDENTITY
+        };
+        assert_eq!(negative.invalid_field(), Some("variance_weight"));
+    }
+
+    #[test]
+    fn variance_weight_scales_only_the_variance_term() {
+        let error_only = Calibration {
+            variance_weight: 0.0,
+            ..Calibration::IDENTITY
+        };
+        assert_eq!(error_only.normalise(2.0, 3.0), 2.0);
+        let half = Calibration {
+            variance_weight: 0.5,
+            ..Calibration::IDENTITY
+        };
+        assert_eq!(half.normalise(2.0, 3.0), 3.5);
+    }
+
+    #[test]
+    fn bundles_without_a_variance_weight_keep_the_papers_sum() {
+        let c: Calibration = toml::from_str(
+            "error_mean = 1.0\nerror_std = 2.0\nvariance_mean = 3.0\nvariance_std = 4.0",
+        )
+        .expect("calibration without variance_weight");
+        assert_eq!(c.variance_weight, 1.0);
     }
 }

@@ -175,8 +175,8 @@ fn engine_scores_follow_the_formulas() {
                     / m
                     - mean.iter().map(|a| a * a).sum::<f32>();
                 let c = &scale.calibration;
-                scale_map[y * mw + x] =
-                    (e - c.error_mean) / c.error_std + (v - c.variance_mean) / c.variance_std;
+                scale_map[y * mw + x] = (e - c.error_mean) / c.error_std
+                    + c.variance_weight * (v - c.variance_mean) / c.variance_std;
             }
         }
         // Bilinear between samples at multiples of the stride, clamped past the last one.
@@ -233,7 +233,8 @@ fn students_equal_to_the_teacher_score_the_calibration_floor() {
     );
     let mut engine = Engine::load(bundle, EngineOptions::default()).unwrap();
     let analysis = engine.analyze(&common::test_image(16, 16)).unwrap();
-    let floor = -(c.error_mean / c.error_std + c.variance_mean / c.variance_std);
+    let floor =
+        -(c.error_mean / c.error_std + c.variance_weight * c.variance_mean / c.variance_std);
     for v in analysis.map {
         assert!((v - floor).abs() < 1e-3, "{v} vs {floor}");
     }

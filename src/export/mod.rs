@@ -15,8 +15,10 @@ use crate::arch::{ArchError, DESCRIPTOR_DIM, INPUT_CHANNELS, LEAKY_SLOPE, Mode, 
 use crate::weights::{NetworkWeights, WeightsError};
 
 pub mod features;
+pub mod whitening;
 
 pub use features::{FeatureTap, FeatureTeacher, FeatureTeacherError, Projection};
+pub use whitening::Whitening;
 
 /// Name of the graph input: `[1, 3, H, W]` f32, preprocessed as the bundle says.
 pub const INPUT_NAME: &str = "image";
@@ -45,6 +47,8 @@ pub enum ExportError {
     FeatureTeacher(#[from] FeatureTeacherError),
     #[error("a scale with a feature teacher needs at least one student to set its architecture")]
     NoStudents,
+    #[error("a whitening of {matrix} entries cannot map a layer of {outputs} outputs")]
+    WhiteningSize { matrix: usize, outputs: usize },
 }
 
 /// Per-channel affine normalisation `(y − mean) / std` of the network output.
@@ -52,6 +56,16 @@ pub enum ExportError {
 pub struct ChannelNorm {
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+}
+
+impl ChannelNorm {
+    /// `y` unchanged: the statistics of a teacher whose normalisation is already folded in.
+    pub fn identity(channels: usize) -> Self {
+        Self {
+            mean: vec![0.0; channels],
+            std: vec![1.0; channels],
+        }
+    }
 }
 
 /// What graph to write for a network.
@@ -330,6 +344,38 @@ pub struct ScaleExport<'a> {
     pub calibration: crate::score::Calibration,
 }
 
+/// The ONNX graph of a scale's teacher at `stride` on `input`, its output normalised by `norm`
+/// (folded into its last layer). `patch_size` is the scale's (a feature teacher has none).
+pub fn teacher_graph(
+    teacher: TeacherExport<'_>,
+    input: &crate::bundle::InputSpec,
+    patch_size: usize,
+    stride: usize,
+    norm: &ChannelNorm,
+) -> Result<pb::ModelProto, ExportError> {
+    let mode = Mode::Image { stride };
+    match teacher {
+        TeacherExport::Network(weights) => network_graph(
+            weights,
+            &GraphSpec {
+                height: input.height,
+                width: input.width,
+                mode,
+                output_norm: Some(norm.clone()),
+            },
+        ),
+        TeacherExport::Features {
+            teacher,
+            projection,
+        } => {
+            let arch = crate::arch::Architecture::for_patch_size(patch_size)?;
+            let grid = arch.output_size(mode, input.height, input.width)?;
+            let head = projection.then_normalise(norm);
+            Ok(teacher.graph(input, stride, grid, Some(&head))?)
+        }
+    }
+}
+
 /// Writes a complete f32 bundle into `dir` (created if needed): one teacher and its students
 /// per scale as ONNX, and the manifest. Returns the bundle as [`crate::bundle::Bundle::load`]
 /// reads it back, so a bundle that does not validate is never reported as written.
@@ -354,39 +400,21 @@ pub fn write_bundle(
             (TeacherExport::Features { .. }, Some(student)) => student.patch_size,
             (TeacherExport::Features { .. }, None) => return Err(ExportError::NoStudents.into()),
         };
-        let spec = |norm: Option<ChannelNorm>| GraphSpec {
+        let spec = GraphSpec {
             height: input.height,
             width: input.width,
             mode: Mode::Image {
                 stride: scale.stride,
             },
-            output_norm: norm,
+            output_norm: None,
         };
         let teacher_file = format!("p{p}-s{}-teacher.onnx", scale.stride);
-        let model = match scale.teacher {
-            TeacherExport::Network(weights) => {
-                network_graph(weights, &spec(Some(scale.teacher_norm.clone())))?
-            }
-            TeacherExport::Features {
-                teacher,
-                projection,
-            } => {
-                let arch =
-                    crate::arch::Architecture::for_patch_size(p).map_err(ExportError::from)?;
-                let grid = arch
-                    .output_size(spec(None).mode, input.height, input.width)
-                    .map_err(ExportError::from)?;
-                let head = projection.then_normalise(&scale.teacher_norm);
-                teacher
-                    .graph(&input, scale.stride, grid, Some(&head))
-                    .map_err(ExportError::from)?
-            }
-        };
+        let model = teacher_graph(scale.teacher, &input, p, scale.stride, &scale.teacher_norm)?;
         save_model(&model, &dir.join(&teacher_file))?;
         let mut student_files = Vec::new();
         for (i, student) in scale.students.iter().enumerate() {
             let file = format!("p{p}-s{}-student{i}.onnx", scale.stride);
-            save_model(&network_graph(student, &spec(None))?, &dir.join(&file))?;
+            save_model(&network_graph(student, &spec)?, &dir.join(&file))?;
             student_files.push(file);
         }
         specs.push(ScaleSpec {

@@ -37,6 +37,7 @@ pub fn random_scale(patch_size: usize, stride: usize, students: usize, seed: u64
         error_std: 5.0,
         variance_mean: 3.0,
         variance_std: 2.0,
+        variance_weight: 0.5,
     };
     RandomScale {
         stride,

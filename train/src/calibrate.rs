@@ -1,9 +1,10 @@
 //! `ustad-train calibrate`: re-derive the threshold of an existing bundle from new images of
-//! good parts (and optionally a few bad ones), without retraining.
+//! good parts (and optionally a few bad ones), without retraining; optionally with new scoring
+//! choices (variance weight, image-score fraction), which need no retraining either.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use ustad::bundle::{Bundle, Decision};
@@ -37,19 +38,54 @@ fn scores(engine: &mut Engine, files: &[PathBuf]) -> Result<Vec<f32>> {
         .collect()
 }
 
+/// What to recalibrate, and from which images.
+#[derive(Debug, Clone)]
+pub struct RecalibrateOptions<'a> {
+    pub bundle: &'a Path,
+    /// Folder of good parts.
+    pub good: &'a Path,
+    /// Folder of bad parts, to report escapes.
+    pub bad: Option<&'a Path>,
+    pub target_false_reject_rate: f64,
+    pub margin: f32,
+    /// Also recompute the e/v statistics from `good`.
+    pub recompute_statistics: bool,
+    /// New variance weight for every scale (`score::Calibration::variance_weight`).
+    pub variance_weight: Option<f32>,
+    /// New image-score fraction (`bundle::ImageScoreRule::top_fraction`).
+    pub top_fraction: Option<f32>,
+}
+
 /// Re-derives the threshold (and, with `recompute_statistics`, the e/v calibration) from
-/// `good`, reports escapes on `bad`, and rewrites `bundle.toml`.
-pub fn recalibrate(
-    bundle_dir: &Path,
-    good: &Path,
-    bad: Option<&Path>,
-    target_false_reject_rate: f64,
-    margin: f32,
-    recompute_statistics: bool,
-) -> Result<RecalibrationReport> {
+/// `good` after applying the scoring overrides, reports escapes on `bad`, and rewrites
+/// `bundle.toml`.
+pub fn recalibrate(options: &RecalibrateOptions) -> Result<RecalibrationReport> {
+    let RecalibrateOptions {
+        bundle: bundle_dir,
+        good,
+        bad,
+        target_false_reject_rate,
+        margin,
+        recompute_statistics,
+        ..
+    } = *options;
     let mut bundle = Bundle::load(bundle_dir)?;
     let previous_threshold = bundle.manifest.decision.threshold;
     let good_files = ustad::dataset::images_in(good)?;
+    if let Some(weight) = options.variance_weight {
+        if !(weight.is_finite() && weight >= 0.0) {
+            bail!("--variance-weight {weight}: must be a finite number >= 0");
+        }
+        for scale in &mut bundle.manifest.scales {
+            scale.calibration.variance_weight = weight;
+        }
+    }
+    if let Some(fraction) = options.top_fraction {
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            bail!("--top-fraction {fraction}: must be in (0, 1]");
+        }
+        bundle.manifest.image_score.top_fraction = fraction;
+    }
     if recompute_statistics {
         let mut engine = Engine::load(bundle.clone(), EngineOptions::default())?;
         let n = bundle.manifest.scales.len();
@@ -67,12 +103,8 @@ pub fn recalibrate(
             }
         }
         for (scale, (e, v)) in bundle.manifest.scales.iter_mut().zip(e.iter().zip(&v)) {
-            scale.calibration = Calibration {
-                error_mean: e.mean() as f32,
-                error_std: (e.std() as f32).max(1e-12),
-                variance_mean: v.mean() as f32,
-                variance_std: (v.std() as f32).max(1e-12),
-            };
+            scale.calibration =
+                Calibration::from_statistics(e, v, scale.calibration.variance_weight);
         }
     }
     let mut engine = Engine::load(bundle.clone(), EngineOptions::default())?;

@@ -32,7 +32,7 @@ use ustad::bundle::{Bundle, Decision, ImageScoreRule, InputSpec, Provenance};
 use ustad::calibrate::threshold_from_good;
 use ustad::export::{
     ChannelNorm, FeatureTap, FeatureTeacher, GraphSpec, Projection, ScaleExport, TeacherExport,
-    network_graph, save_model, write_bundle,
+    Whitening, network_graph, save_model, teacher_graph, write_bundle,
 };
 use ustad::infer::{Engine, EngineOptions};
 use ustad::score::{Calibration, RunningStats};
@@ -78,6 +78,18 @@ impl FitTeacher {
         }
     }
 
+    /// The same teacher with its output normalised by `norm` and then mixed by `whitening`.
+    fn whitened(&self, whitening: &Whitening, norm: &ChannelNorm) -> Result<FitTeacher> {
+        Ok(match self {
+            FitTeacher::Distilled(weights) => {
+                FitTeacher::Distilled(whitening.network(weights, Some(norm))?)
+            }
+            FitTeacher::Backbone(teacher, projection) => {
+                FitTeacher::Backbone(teacher.clone(), whitening.projection(projection, norm)?)
+            }
+        })
+    }
+
     /// What the provenance records as this scale's teacher.
     fn describe(&self, options: &FitOptions, patch_size: usize) -> String {
         match self {
@@ -113,6 +125,14 @@ pub struct Preset {
     pub learning_rate: f64,
     pub scales: Vec<PresetScale>,
     pub image_score: ImageScoreRule,
+    /// Weight of the students' variance in the pixel score (`score::Calibration`): 1 is the
+    /// paper's `e + v`, 0 scores by the regression error alone.
+    #[serde(default = "Calibration::paper_variance_weight")]
+    pub variance_weight: f32,
+    /// Whiten each scale's residual (`ustad::export::whitening`): the error becomes the
+    /// Mahalanobis distance of the students' residual on good parts.
+    #[serde(default)]
+    pub whiten_residual: bool,
     /// Train on at most this many fit images (0 = all): bounds the training time of CPU presets.
     #[serde(default)]
     pub max_fit_images: usize,
@@ -151,8 +171,12 @@ impl Schedule {
 }
 
 /// Presets compiled into the binary; a path to a `.toml` file works too.
-const BUILTIN_PRESETS: [(&str, &str); 4] = [
+const BUILTIN_PRESETS: [(&str, &str); 5] = [
     ("edge", include_str!("../../config/presets/edge.toml")),
+    (
+        "edge-p33",
+        include_str!("../../config/presets/edge-p33.toml"),
+    ),
     (
         "edge-distilled",
         include_str!("../../config/presets/edge-distilled.toml"),
@@ -239,6 +263,52 @@ pub struct FitReport {
 }
 
 /// Images of `train/good`, decoded, resized and normalised.
+/// The residual whitening of one scale: its teacher (normalised by `norm`) and students run by
+/// tract on `inputs`, exactly as the bundle will run them.
+fn measure_whitening(
+    work: &Path,
+    teacher: &FitTeacher,
+    norm: &ChannelNorm,
+    students: &[NetworkWeights],
+    spec: &InputSpec,
+    stride: usize,
+    inputs: &[Vec<f32>],
+) -> Result<(Whitening, crate::whiten::WhiteningSummary)> {
+    let Some(patch_size) = students.first().map(|s| s.patch_size) else {
+        bail!("no students to whiten");
+    };
+    let dir = work.join("whitening");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (height, width) = (spec.height, spec.width);
+    let teacher_path = dir.join("teacher.onnx");
+    save_model(
+        &teacher_graph(teacher.export(), spec, patch_size, stride, norm)?,
+        &teacher_path,
+    )?;
+    let teacher_maps = run_network(&teacher_path, inputs, height, width)?;
+    let student_maps = students
+        .iter()
+        .enumerate()
+        .map(|(k, student)| {
+            let path = dir.join(format!("student{k}.onnx"));
+            let graph = GraphSpec {
+                height,
+                width,
+                mode: Mode::Image { stride },
+                output_norm: None,
+            };
+            save_model(&network_graph(student, &graph)?, &path)?;
+            run_network(&path, inputs, height, width)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(crate::whiten::residual_whitening(
+        &teacher_maps,
+        &student_maps,
+        DESCRIPTOR_DIM,
+    )?)
+}
+
 struct Images {
     paths: Vec<PathBuf>,
     inputs: Vec<Vec<f32>>,
@@ -405,11 +475,16 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
     let n_val = ((paths.len() as f64 * options.validation_fraction).ceil() as usize)
         .clamp(1, paths.len() - 1);
     let val_paths = paths.split_off(paths.len() - n_val);
-    if options.max_fit_images > 0 {
-        paths.truncate(options.max_fit_images);
-    }
+    // Images left over by the fit limit measure the residual whitening: unseen by the students
+    // and apart from the threshold's validation images. Without any, the fit images do.
+    let mut spare_paths = if options.max_fit_images > 0 && paths.len() > options.max_fit_images {
+        paths.split_off(options.max_fit_images)
+    } else {
+        Vec::new()
+    };
+    spare_paths.truncate(if preset.whiten_residual { n_val } else { 0 });
     let loading = bar(
-        paths.len() + val_paths.len(),
+        paths.len() + val_paths.len() + spare_paths.len(),
         options.progress,
         "loading {pos}/{len} {bar:30} {per_sec}",
     );
@@ -420,6 +495,10 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
     let val_images = Images {
         inputs: load_inputs(&val_paths, &spec, &loading)?,
         paths: val_paths,
+    };
+    let spare_images = Images {
+        inputs: load_inputs(&spare_paths, &spec, &loading)?,
+        paths: spare_paths,
     };
     loading.finish_and_clear();
     log::info!(
@@ -645,16 +724,58 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
 
     // Export with identity calibration, measure e and v on validation images with the
     // exported bundle itself, then calibrate and pick the threshold.
-    let student_weights: Vec<Vec<NetworkWeights>> = ensembles
+    let mut student_weights: Vec<Vec<NetworkWeights>> = ensembles
         .iter()
         .map(|e| e.students.iter().map(|s| s.to_weights()).collect())
         .collect();
-    let provenance = Provenance {
+    let mut provenance = Provenance {
         dataset: options.data.display().to_string(),
         created: utc_now(),
         trainer_version: env!("CARGO_PKG_VERSION").into(),
         ..Default::default()
     };
+    if preset.whiten_residual {
+        let held_out = !spare_images.inputs.is_empty();
+        let images = if held_out { &spare_images } else { &fit_images };
+        let mut notes = Vec::new();
+        for (i, scale) in preset.scales.iter().enumerate() {
+            let (whitening, summary) = measure_whitening(
+                &work,
+                &teachers[i],
+                &norms[i],
+                &student_weights[i],
+                &spec,
+                scale.stride,
+                &images.inputs,
+            )?;
+            teachers[i] = teachers[i].whitened(&whitening, &norms[i])?;
+            student_weights[i] = student_weights[i]
+                .iter()
+                .map(|s| whitening.network(s, None))
+                .collect::<Result<_, _>>()?;
+            norms[i] = ChannelNorm::identity(DESCRIPTOR_DIM);
+            log::info!(
+                "p = {}: residual whitened on {} images (its 8 largest directions held {:.0} %)",
+                scale.patch_size,
+                summary.images,
+                summary.top8_share * 100.0
+            );
+            notes.push(format!(
+                "p{}-s{}: Σ^-1/2 of the residual on {} {} images, shrinkage {}, top 8 of {} directions {:.1} %",
+                scale.patch_size,
+                scale.stride,
+                summary.images,
+                if held_out { "held-out" } else { "fit" },
+                crate::whiten::SHRINKAGE,
+                DESCRIPTOR_DIM,
+                summary.top8_share * 100.0
+            ));
+        }
+        provenance.extra.insert(
+            "residual_whitening".into(),
+            toml::Value::Array(notes.into_iter().map(toml::Value::String).collect()),
+        );
+    }
     // Calibration runs on a staging copy under `.work`, so `out` only ever holds a finished,
     // calibrated bundle (a daemon or test reading it meanwhile never sees threshold 0).
     let staging = work.join("staging");
@@ -709,12 +830,7 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
     let calibrations: Vec<Calibration> = e_stats
         .iter()
         .zip(&v_stats)
-        .map(|(e, v)| Calibration {
-            error_mean: e.mean() as f32,
-            error_std: (e.std() as f32).max(1e-12),
-            variance_mean: v.mean() as f32,
-            variance_std: (v.std() as f32).max(1e-12),
-        })
+        .map(|(e, v)| Calibration::from_statistics(e, v, preset.variance_weight))
         .collect();
     let bundle = export(&staging, &calibrations, placeholder, provenance.clone())?;
     let mut engine = Engine::load(bundle, EngineOptions::default())?;
@@ -769,11 +885,14 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
                 }
             };
             let pixels = t.len() / DESCRIPTOR_DIM;
-            let students: Vec<Vec<f32>> = ensembles[i]
-                .students
+            // The exported weights (whitened, where the preset says so) run by burn.
+            let students: Vec<Vec<f32>> = student_weights[i]
                 .iter()
-                .map(|s| s.forward(x.clone(), mode).map(crate::net::to_vec))
-                .collect::<Result<_, _>>()?;
+                .map(|w| -> Result<Vec<f32>> {
+                    let student = PatchNet::from_weights(w, device)?;
+                    Ok(crate::net::to_vec(student.forward(x.clone(), mode)?))
+                })
+                .collect::<Result<_>>()?;
             let refs: Vec<&[f32]> = students.iter().map(|s| s.as_slice()).collect();
             let (mut e, mut v) = (vec![0.0; pixels], vec![0.0; pixels]);
             ustad::score::error_and_variance(&t, &refs, DESCRIPTOR_DIM, &mut e, &mut v);

@@ -11,3 +11,4 @@ pub mod fit;
 pub mod net;
 pub mod pca;
 pub mod teacher;
+pub mod whiten;

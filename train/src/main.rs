@@ -55,7 +55,7 @@ struct FitArgs {
     /// Output bundle directory.
     #[arg(long)]
     out: PathBuf,
-    /// Built-in preset (edge, edge-distilled, edge-p65, paper) or a preset .toml file.
+    /// Built-in preset (edge, edge-p33, edge-distilled, edge-p65, paper) or a preset .toml file.
     #[arg(long, default_value = "edge")]
     preset: String,
     /// Folder with the pretrained teachers p17.ustw, p33.ustw, p65.ustw.
@@ -127,6 +127,12 @@ struct CalibrateArgs {
     /// Also recompute the e/v calibration statistics from the good images.
     #[arg(long)]
     recompute_statistics: bool,
+    /// Set every scale's variance weight: 1 = the paper's e + v, 0 = the error alone.
+    #[arg(long)]
+    variance_weight: Option<f32>,
+    /// Set the image score's fraction of top pixels (their mean is the image score).
+    #[arg(long)]
+    top_fraction: Option<f32>,
 }
 
 #[derive(Args)]
@@ -277,14 +283,17 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Calibrate(a) => {
-            let report = ustad_train::calibrate::recalibrate(
-                &a.bundle,
-                &a.good,
-                a.bad.as_deref(),
-                a.target_frr,
-                a.margin,
-                a.recompute_statistics,
-            )?;
+            let report =
+                ustad_train::calibrate::recalibrate(&ustad_train::calibrate::RecalibrateOptions {
+                    bundle: &a.bundle,
+                    good: &a.good,
+                    bad: a.bad.as_deref(),
+                    target_false_reject_rate: a.target_frr,
+                    margin: a.margin,
+                    recompute_statistics: a.recompute_statistics,
+                    variance_weight: a.variance_weight,
+                    top_fraction: a.top_fraction,
+                })?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Arch => {

@@ -63,7 +63,7 @@ fn add(mut a: Vec<f64>, b: &[f64]) -> Vec<f64> {
 }
 
 /// `channels × channels` covariance (row-major) of the standardised features.
-fn standardised_covariance(
+pub(crate) fn standardised_covariance(
     maps: &[Vec<f32>],
     channels: usize,
     mean: &[f64],

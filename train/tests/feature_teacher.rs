@@ -144,6 +144,8 @@ students = 2
 epochs = 1
 batch = 4
 learning_rate = 1e-4
+variance_weight = 0.0
+whiten_residual = true
 scales = [{ patch_size = 33, stride = 4, teacher = "backbone" }]
 [image_score]
 smoothing_sigma = 1.0
@@ -165,7 +167,8 @@ top_fraction = 0.01
         margin: 0.1,
         weight_decay: 1e-5,
         symmetric: false,
-        max_fit_images: 0,
+        // 8 images: 3 validate, 4 fit, and the one left over measures the whitening.
+        max_fit_images: 4,
         seed: 1,
         resume: false,
         progress: false,
@@ -183,6 +186,12 @@ top_fraction = 0.01
     assert_eq!(scale.int8.as_ref().unwrap().teacher, scale.teacher);
     let teachers = bundle.manifest.provenance.extra["teachers"].to_string();
     assert!(teachers.contains("res4+res10"), "{teachers}");
+    // Whitened: the parity above ran the whitened students; the teacher statistics are folded.
+    let whitening = bundle.manifest.provenance.extra["residual_whitening"].to_string();
+    assert!(whitening.contains("on 1 held-out images"), "{whitening}");
+    assert!(scale.teacher_mean.iter().all(|m| *m == 0.0));
+    assert!(scale.teacher_std.iter().all(|s| *s == 1.0));
+    assert_eq!(scale.calibration.variance_weight, 0.0);
     let mut engine = Engine::load(bundle, EngineOptions::default()).unwrap();
     let image = image::open(&files[0]).unwrap();
     let score = engine.analyze(&image).unwrap().score;

@@ -210,7 +210,7 @@ fn cosine_schedule_starts_at_the_rate_halves_midway_and_ends_at_zero() {
 
 #[test]
 fn presets_read_the_schedule_and_refuse_an_unknown_one() {
-    for name in ["edge", "edge-distilled", "edge-p65", "paper"] {
+    for name in ["edge", "edge-p33", "edge-distilled", "edge-p65", "paper"] {
         assert_eq!(
             Preset::load(name).unwrap().schedule,
             Schedule::Constant,
