@@ -376,6 +376,24 @@ pub fn teacher_graph(
     }
 }
 
+/// The ONNX graph of a student at `stride` on `input`: the raw descriptor map, which the
+/// engine compares with the teacher's normalised one.
+pub fn student_graph(
+    weights: &NetworkWeights,
+    input: &crate::bundle::InputSpec,
+    stride: usize,
+) -> Result<pb::ModelProto, ExportError> {
+    network_graph(
+        weights,
+        &GraphSpec {
+            height: input.height,
+            width: input.width,
+            mode: Mode::Image { stride },
+            output_norm: None,
+        },
+    )
+}
+
 /// Writes a complete f32 bundle into `dir` (created if needed): one teacher and its students
 /// per scale as ONNX, and the manifest. Returns the bundle as [`crate::bundle::Bundle::load`]
 /// reads it back, so a bundle that does not validate is never reported as written.
@@ -400,21 +418,16 @@ pub fn write_bundle(
             (TeacherExport::Features { .. }, Some(student)) => student.patch_size,
             (TeacherExport::Features { .. }, None) => return Err(ExportError::NoStudents.into()),
         };
-        let spec = GraphSpec {
-            height: input.height,
-            width: input.width,
-            mode: Mode::Image {
-                stride: scale.stride,
-            },
-            output_norm: None,
-        };
         let teacher_file = format!("p{p}-s{}-teacher.onnx", scale.stride);
         let model = teacher_graph(scale.teacher, &input, p, scale.stride, &scale.teacher_norm)?;
         save_model(&model, &dir.join(&teacher_file))?;
         let mut student_files = Vec::new();
         for (i, student) in scale.students.iter().enumerate() {
             let file = format!("p{p}-s{}-student{i}.onnx", scale.stride);
-            save_model(&network_graph(student, &spec)?, &dir.join(&file))?;
+            save_model(
+                &student_graph(student, &input, scale.stride)?,
+                &dir.join(&file),
+            )?;
             student_files.push(file);
         }
         specs.push(ScaleSpec {

@@ -32,7 +32,7 @@ use ustad::bundle::{Bundle, Decision, ImageScoreRule, InputSpec, Provenance};
 use ustad::calibrate::threshold_from_good;
 use ustad::export::{
     ChannelNorm, FeatureTap, FeatureTeacher, GraphSpec, Projection, ScaleExport, TeacherExport,
-    Whitening, network_graph, save_model, teacher_graph, write_bundle,
+    Whitening, network_graph, save_model, student_graph, teacher_graph, write_bundle,
 };
 use ustad::infer::{Engine, EngineOptions};
 use ustad::score::{Calibration, RunningStats};
@@ -291,13 +291,7 @@ fn measure_whitening(
         .enumerate()
         .map(|(k, student)| {
             let path = dir.join(format!("student{k}.onnx"));
-            let graph = GraphSpec {
-                height,
-                width,
-                mode: Mode::Image { stride },
-                output_norm: None,
-            };
-            save_model(&network_graph(student, &graph)?, &path)?;
+            save_model(&student_graph(student, spec, stride)?, &path)?;
             run_network(&path, inputs, height, width)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -909,7 +903,6 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
     }
     let parity_mean = (parity_sum / parity_count.max(1) as f64) as f32;
 
-    let mut provenance = provenance;
     let extra = &mut provenance.extra;
     extra.insert("preset".into(), toml::Value::String(preset.name.clone()));
     extra.insert(

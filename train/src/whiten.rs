@@ -72,7 +72,8 @@ pub fn residual_whitening(
         .collect::<Result<_, _>>()?;
     let covariance = covariance(&residuals, channels);
     let trace: f64 = (0..channels).map(|c| covariance[c * channels + c]).sum();
-    if !(trace > 0.0) {
+    // NaN fails this too: a residual with no finite energy cannot be whitened.
+    if trace.is_nan() || trace <= 0.0 {
         return Err(WhiteningError::ZeroResidual);
     }
     let level = trace / channels as f64;
