@@ -8,7 +8,11 @@ prints image AUROC for the pixel scores the trainer can write into a bundle:
 - the paper's `e + v` and the error `e` alone (the variance weight, `score::Calibration`);
 - `e` of the residual whitened by its covariance on the reference images (the Mahalanobis
   distance; `ustad::export::whitening`), with the trainer's shrinkage;
-- image scores as the mean of the top fraction of the smoothed map (`[image_score]`).
+- image scores as the mean of the top fraction of the smoothed map (`[image_score]`), for each
+  smoothing sigma of `--sigmas`.
+
+For a bundle whose residual is already whitened (`whiten_residual` presets), the `e` column is
+what the engine scores.
 
 Maps are upsampled as the engine does (bilinear between samples at multiples of the stride).
 The reference images are drawn at random from train/good, so about a fifth of them may be the
@@ -86,6 +90,11 @@ def main():
     ap.add_argument("--reference", type=int, default=150, help="good training images")
     ap.add_argument("--size", type=int, default=128, help="the bundle's input side")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--sigmas",
+        default="2",
+        help="comma-separated smoothing sigmas (input pixels) to sweep, e.g. 1,2,4,8",
+    )
     a = ap.parse_args()
     train = sorted(glob.glob(f"{a.data}/train/good/*"))
     random.Random(1).shuffle(train)
@@ -119,13 +128,13 @@ def main():
     white = (error(ref_r, whitening), error(test_r, whitening))
     print(f"e + v, top 0.002:            {image_auroc(*plain, 2.0, 0.002, ref_v, test_v):.3f}")
     print(f"v alone, top 0.002:          {image_auroc(ref_v, test_v, 2.0, 0.002):.3f}")
-    for top in (0.002, 0.01, 0.05, 0.1):
-        print(
-            f"top {top:<5}: e {image_auroc(*plain, 2.0, top):.3f}"
-            f"  whitened e {image_auroc(*white, 2.0, top):.3f}"
-            f"  whitened e + v {image_auroc(*white, 2.0, top, ref_v, test_v):.3f}"
-        )
-
+    for sigma in (float(x) for x in a.sigmas.split(",")):
+        for top in (0.002, 0.01, 0.05, 0.1, 0.2):
+            print(
+                f"sigma {sigma:<4} top {top:<5}: e {image_auroc(*plain, sigma, top):.3f}"
+                f"  whitened e {image_auroc(*white, sigma, top):.3f}"
+                f"  whitened e + v {image_auroc(*white, sigma, top, ref_v, test_v):.3f}"
+            )
 
 if __name__ == "__main__":
     main()

@@ -171,9 +171,17 @@ fn network_macs_are_counted_from_the_graphs() {
     )
     .unwrap();
     let macs = ustad::bench::network_macs(&shipped).unwrap();
-    let student = Architecture::for_patch_size(33)
+    let scale = &shipped.manifest.scales[0];
+    let input = &shipped.manifest.input;
+    let student = Architecture::for_patch_size(scale.patch_size)
         .unwrap()
-        .macs(Mode::Image { stride: 4 }, 128, 128)
+        .macs(
+            Mode::Image {
+                stride: scale.stride,
+            },
+            input.height,
+            input.width,
+        )
         .unwrap();
     assert!(macs[1..].iter().all(|m| *m == student), "{macs:?}");
     assert!(
