@@ -146,6 +146,7 @@ batch = 4
 learning_rate = 1e-4
 variance_weight = 0.0
 whiten_residual = true
+whitening_images = 1
 scales = [{ patch_size = 33, stride = 4, teacher = "backbone" }]
 [image_score]
 smoothing_sigma = 1.0
@@ -167,8 +168,9 @@ top_fraction = 0.01
         margin: 0.1,
         weight_decay: 1e-5,
         symmetric: false,
-        // 8 images: 3 validate, 4 fit, and the one left over measures the whitening.
-        max_fit_images: 4,
+        // 8 images: 3 validate, 3 fit, and of the 2 left over `whitening_images` keeps one to
+        // measure the whitening.
+        max_fit_images: 3,
         seed: 1,
         resume: false,
         progress: false,

@@ -225,3 +225,22 @@ fn presets_read_the_schedule_and_refuse_an_unknown_one() {
     let err = format!("{:#}", Preset::load(path.to_str().unwrap()).unwrap_err());
     assert!(err.contains("bad.toml") && err.contains("linear"), "{err}");
 }
+
+#[test]
+fn whitening_needs_at_least_one_image() {
+    assert_eq!(Preset::load("edge").unwrap().whitening_images, 400);
+    let dir = tempfile::tempdir().unwrap();
+    small_preset(dir.path());
+    let tiny = std::fs::read_to_string(dir.path().join("tiny.toml")).unwrap();
+    let path = dir.path().join("none.toml");
+    std::fs::write(
+        &path,
+        format!("whiten_residual = true\nwhitening_images = 0\n{tiny}"),
+    )
+    .unwrap();
+    let err = format!("{:#}", Preset::load(path.to_str().unwrap()).unwrap_err());
+    assert!(
+        err.contains("none.toml") && err.contains("whitening_images"),
+        "{err}"
+    );
+}
