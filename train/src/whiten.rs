@@ -20,8 +20,10 @@ pub enum WhiteningError {
         found: usize,
         expected: usize,
     },
-    #[error("the residual of the students is zero on every whitening image")]
-    ZeroResidual,
+    #[error(
+        "the residual of the students is zero or not finite on the whitening images (energy {trace})"
+    )]
+    ZeroResidual { trace: f64 },
 }
 
 /// What the whitening measured, for the bundle's provenance.
@@ -72,9 +74,9 @@ pub fn residual_whitening(
         .collect::<Result<_, _>>()?;
     let covariance = covariance(&residuals, channels);
     let trace: f64 = (0..channels).map(|c| covariance[c * channels + c]).sum();
-    // NaN fails this too: a residual with no finite energy cannot be whitened.
-    if trace.is_nan() || trace <= 0.0 {
-        return Err(WhiteningError::ZeroResidual);
+    // A residual with no energy, or with NaN or infinite energy, cannot be whitened.
+    if !trace.is_finite() || trace <= 0.0 {
+        return Err(WhiteningError::ZeroResidual { trace });
     }
     let level = trace / channels as f64;
     let mut shrunk = covariance;
@@ -165,7 +167,7 @@ mod tests {
     }
 
     #[test]
-    fn mismatched_maps_and_zero_residuals_are_errors() {
+    fn mismatched_maps_and_zero_or_nan_residuals_are_errors() {
         let teacher = vec![vec![0.0f32; 8]];
         assert!(matches!(
             residual_whitening(&teacher, &[vec![vec![0.0; 6]]], 2),
@@ -173,7 +175,11 @@ mod tests {
         ));
         assert!(matches!(
             residual_whitening(&teacher, &[vec![vec![0.0; 8]]], 2),
-            Err(WhiteningError::ZeroResidual)
+            Err(WhiteningError::ZeroResidual { .. })
+        ));
+        assert!(matches!(
+            residual_whitening(&teacher, &[vec![vec![f32::NAN; 8]]], 2),
+            Err(WhiteningError::ZeroResidual { .. })
         ));
         assert!(matches!(
             residual_whitening(&[], &[], 2),
