@@ -136,5 +136,6 @@ def main():
                 f"  whitened e + v {image_auroc(*white, sigma, top, ref_v, test_v):.3f}"
             )
 
+
 if __name__ == "__main__":
     main()

@@ -566,8 +566,8 @@ fn overload_fails_parts_safe_at_their_deadline_not_after_the_flap() {
     }
     if s.trained {
         // The second part waits one inference and needs another: its verdict cannot come
-        // within 250 ms unless an inference takes under ~130 ms (it takes ~270-400 ms here), so the
-        // actuator failed at least that part safe at its deadline.
+        // within 250 ms unless an inference takes under ~130 ms (it takes ~270-400 ms here), so
+        // the actuator failed at least that part safe at its deadline.
         assert!(summary.actuator.expired >= 1, "{summary}");
         assert!(failed_safe >= 1, "{records:#?}");
     }
@@ -1016,9 +1016,9 @@ fn sighup_with_a_bad_config_keeps_ustad_run_running() {
 }
 
 /// Writes a bundle with `edge-p33`'s students (p = 33, stride 4, 128×128, 3 students), a
-/// random patch teacher and random weights to `$USTAD_STANDIN_BUNDLE`: students that cost what
-/// a trained p = 33 bundle's cost per frame, so `ustad run` latency can be measured before
-/// training has finished.
+/// random patch teacher and random weights to `$USTAD_STANDIN_BUNDLE`: its students cost what a
+/// trained p = 33 bundle's students cost per frame, so `ustad run` latency can be measured
+/// before training has finished.
 ///
 /// `USTAD_STANDIN_BUNDLE=/tmp/standin cargo test -p ustad --test daemon -- --ignored standin`
 #[test]

@@ -749,6 +749,8 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
     if preset.whiten_residual {
         let held_out = !spare_images.inputs.is_empty();
         let images = if held_out { &spare_images } else { &fit_images };
+        // The held-out images were already cut to `whitening_images` before loading; this bounds
+        // the fit images standing in for them.
         let inputs = &images.inputs[..images.inputs.len().min(preset.whitening_images)];
         let mut notes = Vec::new();
         for (i, scale) in preset.scales.iter().enumerate() {
