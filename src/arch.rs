@@ -75,6 +75,10 @@ pub enum ArchError {
         stride: usize,
         supported: Vec<usize>,
     },
+    #[error(
+        "channel divisor {divisor} does not divide the hidden widths of patch size {patch_size} (use 1, 2, 4 or 8)"
+    )]
+    UnsupportedChannelDivisor { patch_size: usize, divisor: usize },
     #[error("a {height}×{width} input is too small for patch size {patch_size} at stride {stride}")]
     InputTooSmall {
         patch_size: usize,
@@ -84,11 +88,16 @@ pub enum ArchError {
     },
 }
 
-/// A patch network: its receptive field and its layers.
+/// A patch network: its receptive field, its layers and how much narrower than the paper's its
+/// hidden layers are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Architecture {
     pub patch_size: usize,
     pub layers: &'static [Layer],
+    /// Every conv but the last has `out_channels / channel_divisor` channels (1 = the paper's
+    /// widths). A student needs the teacher's receptive field and output grid, not its width:
+    /// halving the widths quarters the dominant convs' cost.
+    pub channel_divisor: usize,
 }
 
 /// How a network is evaluated.
@@ -129,7 +138,41 @@ impl Architecture {
             65 => &P65,
             other => return Err(ArchError::UnknownPatchSize(other)),
         };
-        Ok(Self { patch_size, layers })
+        Ok(Self {
+            patch_size,
+            layers,
+            channel_divisor: 1,
+        })
+    }
+
+    /// The same layers with every hidden width divided by `divisor` (the descriptor stays
+    /// [`DESCRIPTOR_DIM`]). Refused unless `divisor` divides every hidden width and leaves at
+    /// least 8 channels.
+    pub fn with_channel_divisor(self, divisor: usize) -> Result<Self, ArchError> {
+        let hidden = self.layers.iter().filter_map(|l| match *l {
+            Layer::Conv { out_channels, .. } => Some(out_channels),
+            Layer::MaxPool => None,
+        });
+        let fits = |width: usize| width.is_multiple_of(divisor) && width / divisor >= 8;
+        if divisor == 0 || !hidden.take(self.conv_count() - 1).all(fits) {
+            return Err(ArchError::UnsupportedChannelDivisor {
+                patch_size: self.patch_size,
+                divisor,
+            });
+        }
+        Ok(Self {
+            channel_divisor: divisor,
+            ..self
+        })
+    }
+
+    /// Output channels of conv `index` whose layer table says `table_width`.
+    fn conv_width(&self, index: usize, table_width: usize) -> usize {
+        if index + 1 == self.conv_count() {
+            table_width
+        } else {
+            table_width / self.channel_divisor
+        }
     }
 
     /// Number of 2×2 pools.
@@ -177,6 +220,7 @@ impl Architecture {
                 out_channels,
             } = *layer
             {
+                let out_channels = self.conv_width(shapes.len(), out_channels);
                 shapes.push((in_channels, out_channels, kernel));
                 in_channels = out_channels;
             }
@@ -223,6 +267,7 @@ impl Architecture {
                     kernel,
                     out_channels,
                 } => {
+                    let out_channels = self.conv_width(convs_seen, out_channels);
                     plan.push(PlannedLayer::Conv {
                         kernel,
                         in_channels,
@@ -376,6 +421,34 @@ mod tests {
             );
             let shapes = arch.conv_shapes();
             assert_eq!(shapes.last().unwrap().1, DESCRIPTOR_DIM);
+        }
+    }
+
+    #[test]
+    fn a_channel_divisor_narrows_hidden_convs_and_keeps_the_descriptor_and_grid() {
+        let full = Architecture::for_patch_size(65).unwrap();
+        let slim = full.with_channel_divisor(2).unwrap();
+        let widths: Vec<_> = slim.conv_shapes().iter().map(|s| (s.0, s.1)).collect();
+        assert_eq!(
+            widths,
+            vec![(3, 64), (64, 64), (64, 64), (64, 128), (128, 128)]
+        );
+        let mode = Mode::Image { stride: 8 };
+        assert_eq!(
+            slim.output_size(mode, 128, 128),
+            full.output_size(mode, 128, 128)
+        );
+        let ratio =
+            full.macs(mode, 128, 128).unwrap() as f64 / slim.macs(mode, 128, 128).unwrap() as f64;
+        assert!(ratio > 3.0, "half widths cost 1/{ratio:.2}");
+        for bad in [0, 3, 32] {
+            assert_eq!(
+                full.with_channel_divisor(bad),
+                Err(ArchError::UnsupportedChannelDivisor {
+                    patch_size: 65,
+                    divisor: bad
+                })
+            );
         }
     }
 

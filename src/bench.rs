@@ -15,7 +15,7 @@ use image::DynamicImage;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::arch::{Architecture, Mode};
+use crate::arch::Mode;
 use crate::bundle::{Bundle, Precision};
 use crate::infer::{Engine, EngineError, EngineOptions};
 use crate::preprocess;
@@ -204,13 +204,15 @@ pub struct LayerMacs {
 pub struct ScaleCost {
     pub patch_size: usize,
     pub stride: usize,
-    pub networks: usize,
-    pub macs_per_network: u64,
+    /// Students of the scale; the per-layer list is one student's (a teacher may be another
+    /// graph altogether, the backbone's: [`NetworkTiming::macs`] counts each file).
+    pub students: usize,
+    pub macs_per_student: u64,
     pub layers: Vec<LayerMacs>,
 }
 
-/// Per-layer MACs of every scale (same geometry walk as [`Architecture::macs`]), so a report
-/// can say which layer dominates, not only which network.
+/// Per-layer MACs of every scale's students (same geometry walk as [`Architecture::macs`]), so
+/// a report can say which layer dominates, not only which network.
 pub fn scale_costs(bundle: &Bundle) -> Result<Vec<ScaleCost>, BenchError> {
     let m = &bundle.manifest;
     let mut out = Vec::new();
@@ -219,8 +221,9 @@ pub fn scale_costs(bundle: &Bundle) -> Result<Vec<ScaleCost>, BenchError> {
             scale: index,
             message,
         };
-        let arch =
-            Architecture::for_patch_size(scale.patch_size).map_err(|e| geometry(e.to_string()))?;
+        let arch = scale
+            .student_architecture()
+            .map_err(|e| geometry(e.to_string()))?;
         let mut layers: Vec<LayerMacs> = arch
             .conv_costs(
                 Mode::Image {
@@ -256,8 +259,8 @@ pub fn scale_costs(bundle: &Bundle) -> Result<Vec<ScaleCost>, BenchError> {
         out.push(ScaleCost {
             patch_size: scale.patch_size,
             stride: scale.stride,
-            networks: 1 + scale.students.len(),
-            macs_per_network: total,
+            students: scale.students.len(),
+            macs_per_student: total,
             layers,
         });
     }
@@ -686,11 +689,11 @@ impl BenchReport {
         }
         for scale in &self.scales {
             s.push_str(&format!(
-                "\np{} stride {}: {:.2} GMAC per network × {} networks; per layer:\n",
+                "\np{} stride {}: {:.2} GMAC per student × {} students; per layer:\n",
                 scale.patch_size,
                 scale.stride,
-                scale.macs_per_network as f64 / 1e9,
-                scale.networks
+                scale.macs_per_student as f64 / 1e9,
+                scale.students
             ));
             for l in &scale.layers {
                 s.push_str(&format!(
@@ -784,6 +787,7 @@ pub fn parse_precisions(text: &str) -> Result<Vec<Precision>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::Architecture;
 
     #[test]
     fn percentile_is_nearest_rank() {
@@ -861,8 +865,11 @@ mod tests {
 
     #[test]
     fn layer_macs_add_up_to_the_architecture_total() {
-        for (p, stride) in [(17, 1), (33, 4), (65, 8)] {
-            let arch = Architecture::for_patch_size(p).unwrap();
+        for (p, stride, divisor) in [(17, 1, 1), (33, 4, 1), (65, 8, 1), (65, 8, 2)] {
+            let arch = Architecture::for_patch_size(p)
+                .unwrap()
+                .with_channel_divisor(divisor)
+                .unwrap();
             let mode = Mode::Image { stride };
             let total = arch.macs(mode, 96, 80).unwrap();
             let dir = std::path::PathBuf::from("unused");
@@ -874,6 +881,7 @@ mod tests {
                     scales: vec![crate::bundle::ScaleSpec {
                         patch_size: p,
                         stride,
+                        student_channel_divisor: divisor,
                         teacher: "t.onnx".into(),
                         students: vec!["a.onnx".into(), "b.onnx".into()],
                         int8: None,
@@ -892,8 +900,8 @@ mod tests {
             };
             let costs = scale_costs(&bundle).unwrap();
             let sum: u64 = costs[0].layers.iter().map(|l| l.macs).sum();
-            assert_eq!(sum, total, "p{p}");
-            assert_eq!(costs[0].networks, 3);
+            assert_eq!(sum, total, "p{p}/{divisor}");
+            assert_eq!(costs[0].students, 2);
         }
     }
 

@@ -82,6 +82,11 @@ pub struct ScaleSpec {
     pub patch_size: usize,
     /// Output stride of the descriptor maps (1 = dense).
     pub stride: usize,
+    /// The students' hidden widths are the paper's divided by this
+    /// ([`Architecture::channel_divisor`]); absent means 1. The engine runs the ONNX files
+    /// whatever their widths; benchmarks read this to count the students' layers.
+    #[serde(default = "paper_widths", skip_serializing_if = "is_paper_widths")]
+    pub student_channel_divisor: usize,
     /// Teacher ONNX file, relative to the bundle; its output is already `(y − μ)/σ`.
     pub teacher: String,
     /// Student ONNX files (at least two: the variance needs an ensemble).
@@ -93,6 +98,22 @@ pub struct ScaleSpec {
     pub teacher_mean: Vec<f32>,
     pub teacher_std: Vec<f32>,
     pub calibration: Calibration,
+}
+
+fn paper_widths() -> usize {
+    1
+}
+
+fn is_paper_widths(divisor: &usize) -> bool {
+    *divisor == 1
+}
+
+impl ScaleSpec {
+    /// The students' architecture: the scale's patch network at the students' widths.
+    pub fn student_architecture(&self) -> Result<Architecture, crate::arch::ArchError> {
+        Architecture::for_patch_size(self.patch_size)?
+            .with_channel_divisor(self.student_channel_divisor)
+    }
 }
 
 /// A teacher file and its student files.
@@ -401,8 +422,11 @@ impl Bundle {
         }
         for (index, scale) in m.scales.iter().enumerate() {
             let at = |name: &str| format!("scales[{index}].{name}");
-            let arch = Architecture::for_patch_size(scale.patch_size)
+            Architecture::for_patch_size(scale.patch_size)
                 .map_err(|e| field(at("patch_size"), e.to_string()))?;
+            let arch = scale
+                .student_architecture()
+                .map_err(|e| field(at("student_channel_divisor"), e.to_string()))?;
             let (map_h, map_w) = arch
                 .output_size(
                     Mode::Image {

@@ -35,6 +35,8 @@ pub struct ConvWeights {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkWeights {
     pub patch_size: usize,
+    /// Hidden widths divided by this ([`Architecture::channel_divisor`]; 1 = the paper's).
+    pub channel_divisor: usize,
     pub convs: Vec<ConvWeights>,
     /// Provenance (corpus, iterations, losses…); written into the header as strings.
     pub metadata: Vec<(String, String)>,
@@ -78,16 +80,27 @@ pub enum WeightsError {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WeightsHeader {
     pub patch_size: usize,
+    /// Absent in files written before narrow students existed: those have the paper's widths.
+    #[serde(default = "paper_widths", skip_serializing_if = "is_paper_widths")]
+    pub channel_divisor: usize,
     /// `(in, out, kernel)` of each conv.
     pub convs: Vec<(usize, usize, usize)>,
     #[serde(default)]
     pub metadata: Vec<(String, String)>,
 }
 
+fn paper_widths() -> usize {
+    1
+}
+
+fn is_paper_widths(divisor: &usize) -> bool {
+    *divisor == 1
+}
+
 impl NetworkWeights {
     /// The architecture these weights belong to.
     pub fn architecture(&self) -> Result<Architecture, ArchError> {
-        Architecture::for_patch_size(self.patch_size)
+        Architecture::for_patch_size(self.patch_size)?.with_channel_divisor(self.channel_divisor)
     }
 
     /// Checks that every conv has the shape the architecture prescribes and finite values.
@@ -150,7 +163,11 @@ impl NetworkWeights {
     /// Random weights (He-uniform, zero bias) from a seed: for tests, benchmarks and the
     /// "untrained teacher" baseline. Not a substitute for the trainer's initialisation.
     pub fn random(patch_size: usize, seed: u64) -> Result<Self, ArchError> {
-        let arch = Architecture::for_patch_size(patch_size)?;
+        Self::random_for(Architecture::for_patch_size(patch_size)?, seed)
+    }
+
+    /// [`Self::random`] for any architecture, narrow ones included.
+    pub fn random_for(arch: Architecture, seed: u64) -> Result<Self, ArchError> {
         let mut rng = SplitMix64(seed);
         let convs = arch
             .conv_shapes()
@@ -174,7 +191,8 @@ impl NetworkWeights {
             })
             .collect();
         Ok(Self {
-            patch_size,
+            patch_size: arch.patch_size,
+            channel_divisor: arch.channel_divisor,
             convs,
             metadata: vec![("init".into(), format!("random seed {seed}"))],
         })
@@ -197,6 +215,7 @@ impl NetworkWeights {
         };
         let header = WeightsHeader {
             patch_size: self.patch_size,
+            channel_divisor: self.channel_divisor,
             convs: self
                 .convs
                 .iter()
@@ -294,6 +313,7 @@ impl NetworkWeights {
             .collect();
         let weights = Self {
             patch_size: header.patch_size,
+            channel_divisor: header.channel_divisor,
             convs,
             metadata: header.metadata,
         };
@@ -348,6 +368,33 @@ mod tests {
             NetworkWeights::load(&path),
             Err(WeightsError::BadMagic { .. })
         ));
+    }
+
+    #[test]
+    fn narrow_weights_round_trip_and_are_told_apart_from_full_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("narrow.ustw");
+        let arch = Architecture::for_patch_size(65)
+            .unwrap()
+            .with_channel_divisor(2)
+            .unwrap();
+        let narrow = NetworkWeights::random_for(arch, 3).unwrap();
+        assert_eq!(narrow.convs[0].out_channels, 64);
+        narrow.save(&path).unwrap();
+        let back = NetworkWeights::load(&path).unwrap();
+        assert_eq!(back, narrow);
+        assert_eq!(back.architecture().unwrap(), arch);
+        // The same tensors claimed as full width are refused at the first conv.
+        let claimed_full = NetworkWeights {
+            channel_divisor: 1,
+            ..narrow
+        };
+        let err = claimed_full.validate("narrow.ustw").unwrap_err();
+        assert!(matches!(err, WeightsError::Shape { index: 0, .. }), "{err}");
+        // A file written before the field existed reads as the paper's widths.
+        let header: WeightsHeader =
+            serde_json::from_str(r#"{"patch_size":17,"convs":[]}"#).unwrap();
+        assert_eq!(header.channel_divisor, 1);
     }
 
     #[test]

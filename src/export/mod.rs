@@ -433,6 +433,7 @@ pub fn write_bundle(
         specs.push(ScaleSpec {
             patch_size: p,
             stride: scale.stride,
+            student_channel_divisor: scale.students.first().map_or(1, |s| s.channel_divisor),
             teacher: teacher_file,
             students: student_files,
             int8: None,

@@ -47,6 +47,24 @@ pub struct PresetScale {
     /// What the students of this scale regress.
     #[serde(default)]
     pub teacher: TeacherKind,
+    /// The students' hidden widths are the paper's divided by this (1, 2, 4, 8): a student
+    /// must match the teacher's receptive field and grid, not its width.
+    #[serde(default = "paper_widths")]
+    pub student_channel_divisor: usize,
+}
+
+fn paper_widths() -> usize {
+    1
+}
+
+impl PresetScale {
+    /// The architecture of this scale's students.
+    pub fn student_architecture(
+        &self,
+    ) -> Result<ustad::arch::Architecture, ustad::arch::ArchError> {
+        ustad::arch::Architecture::for_patch_size(self.patch_size)?
+            .with_channel_divisor(self.student_channel_divisor)
+    }
 }
 
 /// The teacher of a scale.
@@ -179,8 +197,12 @@ impl Schedule {
 }
 
 /// Presets compiled into the binary; a path to a `.toml` file works too.
-const BUILTIN_PRESETS: [(&str, &str); 5] = [
+const BUILTIN_PRESETS: [(&str, &str); 6] = [
     ("edge", include_str!("../../config/presets/edge.toml")),
+    (
+        "edge-fast",
+        include_str!("../../config/presets/edge-fast.toml"),
+    ),
     (
         "edge-p33",
         include_str!("../../config/presets/edge-p33.toml"),
@@ -221,8 +243,12 @@ impl Preset {
             bail!("{origin}: whitening_images = 0, but whiten_residual needs at least one image");
         }
         for scale in &preset.scales {
-            let arch = ustad::arch::Architecture::for_patch_size(scale.patch_size)
-                .with_context(|| origin.clone())?;
+            let arch = scale.student_architecture().with_context(|| {
+                format!(
+                    "{origin}: scale p = {}: student_channel_divisor",
+                    scale.patch_size
+                )
+            })?;
             arch.output_size(
                 Mode::Image {
                     stride: scale.stride,
@@ -447,6 +473,9 @@ struct FitCheckpoint {
     scale: usize,
     epoch: usize,
     seed: u64,
+    /// The students' widths: resuming into other widths would load mismatched tensors.
+    #[serde(default = "paper_widths")]
+    student_channel_divisor: usize,
     losses: Vec<Vec<f32>>,
 }
 
@@ -544,8 +573,8 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
         let mode = Mode::Image {
             stride: scale.stride,
         };
-        let (mh, mw) =
-            ustad::arch::Architecture::for_patch_size(p)?.output_size(mode, height, width)?;
+        let student_arch = scale.student_architecture()?;
+        let (mh, mw) = student_arch.output_size(mode, height, width)?;
         let graph_path = work.join(format!("p{p}-s{}-teacher-raw.onnx", scale.stride));
         let t0 = Instant::now();
         let (teacher, raw) = match scale.teacher {
@@ -606,8 +635,8 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
         let ckpt = work.join(format!("scale{scale_index}"));
         let mut ensemble = Ensemble {
             students: (0..preset.students)
-                .map(|_| PatchNet::new(p, device))
-                .collect::<Result<_, _>>()?,
+                .map(|_| PatchNet::from_architecture(student_arch, device))
+                .collect(),
         };
         let mut optimizer = AdamConfig::new()
             .with_weight_decay(Some(WeightDecayConfig::new(options.weight_decay as f32)))
@@ -624,6 +653,14 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
                     ckpt.display(),
                     state.seed,
                     options.seed
+                );
+            }
+            if state.student_channel_divisor != scale.student_channel_divisor {
+                bail!(
+                    "{}: checkpoint has students at channel divisor {}, the preset asks {}",
+                    ckpt.display(),
+                    state.student_channel_divisor,
+                    scale.student_channel_divisor
                 );
             }
             ensemble = ensemble
@@ -718,6 +755,7 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
                 scale: scale_index,
                 epoch: epoch + 1,
                 seed: options.seed,
+                student_channel_divisor: scale.student_channel_divisor,
                 losses: losses.clone(),
             };
             std::fs::write(ckpt.join("state.json"), serde_json::to_vec(&state)?)?;

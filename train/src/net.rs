@@ -20,24 +20,38 @@ use ustad::weights::{ConvWeights, NetworkWeights, WeightsError};
 pub struct PatchNet {
     pub convs: Vec<Conv2d>,
     pub patch_size: usize,
+    /// [`Architecture::channel_divisor`]: 1 for the paper's widths.
+    pub channel_divisor: usize,
 }
 
 impl PatchNet {
     /// Fresh weights with burn's default (Kaiming-uniform) initialisation. Each call draws new
     /// random weights: students built by separate calls are independent, as the method needs.
     pub fn new(patch_size: usize, device: &Device) -> Result<Self, ArchError> {
-        let arch = Architecture::for_patch_size(patch_size)?;
+        Ok(Self::from_architecture(
+            Architecture::for_patch_size(patch_size)?,
+            device,
+        ))
+    }
+
+    /// [`Self::new`] for any architecture, narrow students included.
+    pub fn from_architecture(arch: Architecture, device: &Device) -> Self {
         let convs = arch
             .conv_shapes()
             .into_iter()
             .map(|(i, o, k)| Conv2dConfig::new([i, o], [k, k]).init(device))
             .collect();
-        Ok(Self { convs, patch_size })
+        Self {
+            convs,
+            patch_size: arch.patch_size,
+            channel_divisor: arch.channel_divisor,
+        }
     }
 
     fn architecture(&self) -> Architecture {
         Architecture::for_patch_size(self.patch_size)
-            .expect("PatchNet is only built for known patch sizes")
+            .and_then(|arch| arch.with_channel_divisor(self.channel_divisor))
+            .expect("PatchNet is only built from valid architectures")
     }
 
     /// Evaluates the network on `[batch, 3, H, W]` in `mode`.
@@ -121,6 +135,7 @@ impl PatchNet {
             .collect();
         NetworkWeights {
             patch_size: self.patch_size,
+            channel_divisor: self.channel_divisor,
             convs,
             metadata: Vec::new(),
         }
@@ -128,12 +143,8 @@ impl PatchNet {
 
     /// Builds a module from validated weights on `device`.
     pub fn from_weights(weights: &NetworkWeights, device: &Device) -> Result<Self, WeightsError> {
-        weights.validate("weights")?;
-        let mut net =
-            Self::new(weights.patch_size, device).map_err(|source| WeightsError::Arch {
-                context: "weights".into(),
-                source,
-            })?;
+        let arch = weights.validate("weights")?;
+        let mut net = Self::from_architecture(arch, device);
         for (conv, w) in net.convs.iter_mut().zip(&weights.convs) {
             let (o, i, k) = (w.out_channels, w.in_channels, w.kernel);
             conv.weight = Param::from_tensor(Tensor::from_data(

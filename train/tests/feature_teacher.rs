@@ -147,7 +147,7 @@ learning_rate = 1e-4
 variance_weight = 0.0
 whiten_residual = true
 whitening_images = 1
-scales = [{ patch_size = 33, stride = 4, teacher = "backbone" }]
+scales = [{ patch_size = 33, stride = 4, teacher = "backbone", student_channel_divisor = 2 }]
 [image_score]
 smoothing_sigma = 1.0
 top_fraction = 0.01
@@ -184,6 +184,32 @@ top_fraction = 0.01
     );
     let bundle = Bundle::load(&options.out).unwrap();
     let scale = &bundle.manifest.scales[0];
+    // Half-width students: recorded in the manifest and what the exported graphs hold (the
+    // parity above compared them with burn's).
+    assert_eq!(scale.student_channel_divisor, 2);
+    let costs = ustad::bench::scale_costs(&bundle).unwrap();
+    assert!(
+        costs[0].layers[0].layer.contains("3->64"),
+        "{:?}",
+        costs[0].layers
+    );
+    let mode = Mode::Image { stride: 4 };
+    let narrow = scale
+        .student_architecture()
+        .unwrap()
+        .macs(mode, 64, 64)
+        .unwrap();
+    let full = Architecture::for_patch_size(33)
+        .unwrap()
+        .macs(mode, 64, 64)
+        .unwrap();
+    assert!(narrow * 3 < full, "{narrow} vs {full}");
+    let graphs = ustad::bench::network_macs(&bundle).unwrap();
+    assert_eq!(
+        &graphs[1..],
+        &[narrow, narrow],
+        "students' graphs: {graphs:?}"
+    );
     // The int8 students share the f32 feature teacher.
     assert_eq!(scale.int8.as_ref().unwrap().teacher, scale.teacher);
     let teachers = bundle.manifest.provenance.extra["teachers"].to_string();

@@ -210,7 +210,14 @@ fn cosine_schedule_starts_at_the_rate_halves_midway_and_ends_at_zero() {
 
 #[test]
 fn presets_read_the_schedule_and_refuse_an_unknown_one() {
-    for name in ["edge", "edge-p33", "edge-distilled", "edge-p65", "paper"] {
+    for name in [
+        "edge",
+        "edge-fast",
+        "edge-p33",
+        "edge-distilled",
+        "edge-p65",
+        "paper",
+    ] {
         assert_eq!(
             Preset::load(name).unwrap().schedule,
             Schedule::Constant,
@@ -224,6 +231,30 @@ fn presets_read_the_schedule_and_refuse_an_unknown_one() {
     std::fs::write(&path, format!("schedule = \"linear\"\n{preset}")).unwrap();
     let err = format!("{:#}", Preset::load(path.to_str().unwrap()).unwrap_err());
     assert!(err.contains("bad.toml") && err.contains("linear"), "{err}");
+}
+
+#[test]
+fn a_student_width_that_does_not_divide_is_refused_with_the_field() {
+    let fast = Preset::load("edge-fast").unwrap();
+    assert_eq!(fast.scales[0].student_channel_divisor, 2);
+    assert_eq!(
+        Preset::load("edge").unwrap().scales[0].student_channel_divisor,
+        1
+    );
+    let dir = tempfile::tempdir().unwrap();
+    small_preset(dir.path());
+    let tiny = std::fs::read_to_string(dir.path().join("tiny.toml")).unwrap();
+    let path = dir.path().join("odd.toml");
+    std::fs::write(
+        &path,
+        tiny.replace("stride = 4 }", "stride = 4, student_channel_divisor = 3 }"),
+    )
+    .unwrap();
+    let err = format!("{:#}", Preset::load(path.to_str().unwrap()).unwrap_err());
+    assert!(
+        err.contains("odd.toml") && err.contains("student_channel_divisor"),
+        "{err}"
+    );
 }
 
 #[test]
