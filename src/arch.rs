@@ -62,6 +62,17 @@ static P65: [Layer; 8] = [
     conv(1, 128),
 ];
 
+/// The paper's widths (divisor 1): the serde default wherever a divisor is recorded, so files
+/// written before narrow students existed read as they were meant.
+pub fn paper_widths() -> usize {
+    1
+}
+
+/// Whether `divisor` is the paper's (such files leave the field out).
+pub fn is_paper_widths(divisor: &usize) -> bool {
+    *divisor == 1
+}
+
 /// Errors about an architecture request.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ArchError {
@@ -173,6 +184,12 @@ impl Architecture {
         } else {
             table_width / self.channel_divisor
         }
+    }
+
+    /// The network of receptive field `patch_size` with hidden widths divided by
+    /// `channel_divisor`: what every recorded (patch size, divisor) pair means.
+    pub fn new(patch_size: usize, channel_divisor: usize) -> Result<Self, ArchError> {
+        Self::for_patch_size(patch_size)?.with_channel_divisor(channel_divisor)
     }
 
     /// Number of 2×2 pools.

@@ -85,7 +85,10 @@ pub struct ScaleSpec {
     /// The students' hidden widths are the paper's divided by this
     /// ([`Architecture::channel_divisor`]); absent means 1. The engine runs the ONNX files
     /// whatever their widths; benchmarks read this to count the students' layers.
-    #[serde(default = "paper_widths", skip_serializing_if = "is_paper_widths")]
+    #[serde(
+        default = "crate::arch::paper_widths",
+        skip_serializing_if = "crate::arch::is_paper_widths"
+    )]
     pub student_channel_divisor: usize,
     /// Teacher ONNX file, relative to the bundle; its output is already `(y − μ)/σ`.
     pub teacher: String,
@@ -100,19 +103,10 @@ pub struct ScaleSpec {
     pub calibration: Calibration,
 }
 
-fn paper_widths() -> usize {
-    1
-}
-
-fn is_paper_widths(divisor: &usize) -> bool {
-    *divisor == 1
-}
-
 impl ScaleSpec {
     /// The students' architecture: the scale's patch network at the students' widths.
     pub fn student_architecture(&self) -> Result<Architecture, crate::arch::ArchError> {
-        Architecture::for_patch_size(self.patch_size)?
-            .with_channel_divisor(self.student_channel_divisor)
+        Architecture::new(self.patch_size, self.student_channel_divisor)
     }
 }
 

@@ -81,7 +81,10 @@ pub enum WeightsError {
 pub struct WeightsHeader {
     pub patch_size: usize,
     /// Absent in files written before narrow students existed: those have the paper's widths.
-    #[serde(default = "paper_widths", skip_serializing_if = "is_paper_widths")]
+    #[serde(
+        default = "crate::arch::paper_widths",
+        skip_serializing_if = "crate::arch::is_paper_widths"
+    )]
     pub channel_divisor: usize,
     /// `(in, out, kernel)` of each conv.
     pub convs: Vec<(usize, usize, usize)>,
@@ -89,18 +92,10 @@ pub struct WeightsHeader {
     pub metadata: Vec<(String, String)>,
 }
 
-fn paper_widths() -> usize {
-    1
-}
-
-fn is_paper_widths(divisor: &usize) -> bool {
-    *divisor == 1
-}
-
 impl NetworkWeights {
     /// The architecture these weights belong to.
     pub fn architecture(&self) -> Result<Architecture, ArchError> {
-        Architecture::for_patch_size(self.patch_size)?.with_channel_divisor(self.channel_divisor)
+        Architecture::new(self.patch_size, self.channel_divisor)
     }
 
     /// Checks that every conv has the shape the architecture prescribes and finite values.

@@ -49,12 +49,8 @@ pub struct PresetScale {
     pub teacher: TeacherKind,
     /// The students' hidden widths are the paper's divided by this (1, 2, 4, 8): a student
     /// must match the teacher's receptive field and grid, not its width.
-    #[serde(default = "paper_widths")]
+    #[serde(default = "ustad::arch::paper_widths")]
     pub student_channel_divisor: usize,
-}
-
-fn paper_widths() -> usize {
-    1
 }
 
 impl PresetScale {
@@ -62,8 +58,7 @@ impl PresetScale {
     pub fn student_architecture(
         &self,
     ) -> Result<ustad::arch::Architecture, ustad::arch::ArchError> {
-        ustad::arch::Architecture::for_patch_size(self.patch_size)?
-            .with_channel_divisor(self.student_channel_divisor)
+        ustad::arch::Architecture::new(self.patch_size, self.student_channel_divisor)
     }
 }
 
@@ -474,7 +469,7 @@ struct FitCheckpoint {
     epoch: usize,
     seed: u64,
     /// The students' widths: resuming into other widths would load mismatched tensors.
-    #[serde(default = "paper_widths")]
+    #[serde(default = "ustad::arch::paper_widths")]
     student_channel_divisor: usize,
     losses: Vec<Vec<f32>>,
 }

@@ -49,8 +49,7 @@ impl PatchNet {
     }
 
     fn architecture(&self) -> Architecture {
-        Architecture::for_patch_size(self.patch_size)
-            .and_then(|arch| arch.with_channel_divisor(self.channel_divisor))
+        Architecture::new(self.patch_size, self.channel_divisor)
             .expect("PatchNet is only built from valid architectures")
     }
 

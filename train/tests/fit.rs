@@ -233,6 +233,16 @@ fn presets_read_the_schedule_and_refuse_an_unknown_one() {
     assert!(err.contains("bad.toml") && err.contains("linear"), "{err}");
 }
 
+/// The error of loading `file`, the tiny preset rewritten by `edit`.
+fn tiny_variant_error(file: &str, edit: impl FnOnce(&str) -> String) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    small_preset(dir.path());
+    let tiny = std::fs::read_to_string(dir.path().join("tiny.toml")).unwrap();
+    let path = dir.path().join(file);
+    std::fs::write(&path, edit(&tiny)).unwrap();
+    format!("{:#}", Preset::load(path.to_str().unwrap()).unwrap_err())
+}
+
 #[test]
 fn a_student_width_that_does_not_divide_is_refused_with_the_field() {
     let fast = Preset::load("edge-fast").unwrap();
@@ -241,16 +251,9 @@ fn a_student_width_that_does_not_divide_is_refused_with_the_field() {
         Preset::load("edge").unwrap().scales[0].student_channel_divisor,
         1
     );
-    let dir = tempfile::tempdir().unwrap();
-    small_preset(dir.path());
-    let tiny = std::fs::read_to_string(dir.path().join("tiny.toml")).unwrap();
-    let path = dir.path().join("odd.toml");
-    std::fs::write(
-        &path,
-        tiny.replace("stride = 4 }", "stride = 4, student_channel_divisor = 3 }"),
-    )
-    .unwrap();
-    let err = format!("{:#}", Preset::load(path.to_str().unwrap()).unwrap_err());
+    let err = tiny_variant_error("odd.toml", |tiny| {
+        tiny.replace("stride = 4 }", "stride = 4, student_channel_divisor = 3 }")
+    });
     assert!(
         err.contains("odd.toml") && err.contains("student_channel_divisor"),
         "{err}"
@@ -260,16 +263,9 @@ fn a_student_width_that_does_not_divide_is_refused_with_the_field() {
 #[test]
 fn whitening_needs_at_least_one_image() {
     assert_eq!(Preset::load("edge").unwrap().whitening_images, 400);
-    let dir = tempfile::tempdir().unwrap();
-    small_preset(dir.path());
-    let tiny = std::fs::read_to_string(dir.path().join("tiny.toml")).unwrap();
-    let path = dir.path().join("none.toml");
-    std::fs::write(
-        &path,
-        format!("whiten_residual = true\nwhitening_images = 0\n{tiny}"),
-    )
-    .unwrap();
-    let err = format!("{:#}", Preset::load(path.to_str().unwrap()).unwrap_err());
+    let err = tiny_variant_error("none.toml", |tiny| {
+        format!("whiten_residual = true\nwhitening_images = 0\n{tiny}")
+    });
     assert!(
         err.contains("none.toml") && err.contains("whitening_images"),
         "{err}"
