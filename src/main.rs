@@ -3,7 +3,8 @@
 //! on a labelled test split and `bench` times it. The logic lives in the library; this file
 //! only parses arguments and reports errors.
 
-use std::path::{Path, PathBuf};
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -121,7 +122,8 @@ fn score(
     }
     let threshold = engine.threshold();
     let mut failures = 0;
-    for file in &files {
+    let names = heatmap_names(&files);
+    for (file, name) in files.iter().zip(&names) {
         let image = match ustad::capture::decode::load_image_file_within(file, max_pixels) {
             Ok(image) => image,
             Err(e) => {
@@ -149,7 +151,7 @@ fn score(
                         0.0,
                         threshold.max(1e-3) * 1.5,
                     );
-                    let out = dir.join(heatmap_name(file, inputs));
+                    let out = dir.join(name);
                     overlay
                         .save(&out)
                         .with_context(|| format!("writing {}", out.display()))?;
@@ -170,18 +172,86 @@ fn score(
     Ok(())
 }
 
-/// The heatmap file of `file`: its path below the input folder it was found in, with `__`
-/// for each `/`, so that `crack/000.png` and `hole/000.png` do not overwrite each other.
-fn heatmap_name(file: &Path, inputs: &[PathBuf]) -> String {
-    let relative = inputs
+/// One heatmap file name per judged file, all distinct: each file's path below the folder that
+/// all of them share, with `__` for each `/` and `.png` for its extension, so that
+/// `a/crack/000.png` and `b/crack/000.png` (every MVTec defect folder has a `000.png`) do not
+/// overwrite each other. A name that would still repeat (`x.jpg` beside `x.png`) gets `~2`,
+/// `~3`, … in file order.
+fn heatmap_names(files: &[PathBuf]) -> Vec<String> {
+    let common = common_parent(files);
+    let mut taken = HashSet::new();
+    files
         .iter()
-        .filter(|root| root.is_dir())
-        .find_map(|root| file.strip_prefix(root).ok())
-        .unwrap_or_else(|| Path::new(file.file_name().unwrap_or(file.as_os_str())));
-    let stem = relative.with_extension("");
-    let parts: Vec<String> = stem
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect();
-    format!("{}.png", parts.join("__"))
+        .map(|file| {
+            let relative = file
+                .strip_prefix(&common)
+                .unwrap_or(file)
+                .with_extension("");
+            let parts: Vec<String> = relative
+                .components()
+                .filter_map(|c| match c {
+                    Component::Normal(part) => Some(part.to_string_lossy().into_owned()),
+                    _ => None,
+                })
+                .collect();
+            let base = parts.join("__");
+            let mut name = format!("{base}.png");
+            let mut copy = 2;
+            while !taken.insert(name.clone()) {
+                name = format!("{base}~{copy}.png");
+                copy += 1;
+            }
+            name
+        })
+        .collect()
+}
+
+/// The deepest folder that holds every file of `files` (empty when they share none).
+fn common_parent(files: &[PathBuf]) -> PathBuf {
+    let mut parents = files.iter().filter_map(|file| file.parent());
+    let Some(first) = parents.next() else {
+        return PathBuf::new();
+    };
+    let mut common: Vec<Component> = first.components().collect();
+    for parent in parents {
+        let shared = common
+            .iter()
+            .zip(parent.components())
+            .take_while(|(a, b)| **a == *b)
+            .count();
+        common.truncate(shared);
+    }
+    common.iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(files: &[&str]) -> Vec<String> {
+        heatmap_names(&files.iter().map(PathBuf::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn heatmap_names_are_paths_below_the_shared_folder() {
+        assert_eq!(
+            names(&["d/test/crack/000.png", "d/test/good/000.png"]),
+            ["crack__000.png", "good__000.png"]
+        );
+        assert_eq!(names(&["d/test/crack/000.jpg"]), ["000.png"]);
+    }
+
+    #[test]
+    fn heatmap_names_never_repeat_across_roots_or_extensions() {
+        // Two argument roots with the same layout: the roots tell them apart.
+        assert_eq!(
+            names(&["a/crack/000.png", "b/crack/000.png"]),
+            ["a__crack__000.png", "b__crack__000.png"]
+        );
+        // Same stem, other extension; and a name that `__` joining would make twice.
+        assert_eq!(
+            names(&["x/p.png", "x/p.jpg", "x/a__b/c.png", "x/a/b__c.png"]),
+            ["p.png", "p~2.png", "a__b__c.png", "a__b__c~2.png"]
+        );
+    }
 }

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use ustad::bench::{self, BenchOptions};
 use ustad::bundle::{Bundle, Precision};
+use ustad::capture::decode::{DEFAULT_MAX_PIXELS, load_image_file_within};
 use ustad::eval::run::{self as eval_run, DEFAULT_FPR_LIMIT, EvalReport};
 use ustad::infer::{Engine, EngineOptions};
 
@@ -41,6 +42,9 @@ pub struct EvalArgs {
     /// FPR up to which AU-PRO is integrated.
     #[arg(long, default_value_t = DEFAULT_FPR_LIMIT)]
     fpr_limit: f64,
+    /// Largest test image or mask decoded, in pixels; a larger one stops the run, named.
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
 }
 
 /// `ustad eval`.
@@ -62,8 +66,9 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         ProgressStyle::with_template("scoring {bar:40} {pos}/{len} images, {per_sec}, eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let evaluation =
-        eval_run::score_test_split(&mut engine, &split, |done| bar.set_position(done as u64));
+    let evaluation = eval_run::score_test_split(&mut engine, &split, args.max_pixels, |done| {
+        bar.set_position(done as u64)
+    });
     bar.finish_and_clear();
     let evaluation = evaluation?;
     let (mut report, pixels) = EvalReport::build(
@@ -103,9 +108,13 @@ pub struct BenchArgs {
     /// Timed frames.
     #[arg(long, default_value_t = 20)]
     runs: usize,
-    /// Benchmark image (default: a synthetic image at the bundle's input size).
+    /// Benchmark image (default: a synthetic image at the bundle's input size), read as the
+    /// daemon reads frames.
     #[arg(long)]
     image: Option<PathBuf>,
+    /// Largest `--image` decoded, in pixels.
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
     /// Largest max |map − f32 map| accepted, as a fraction of the f32 map's spread.
     #[arg(long, default_value_t = 0.05)]
     parity_bound: f64,
@@ -123,7 +132,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let precisions = bench::parse_precisions(&args.precision).map_err(anyhow::Error::msg)?;
     let bundle = Bundle::load(&args.bundle).context("loading the bundle")?;
     let image = match &args.image {
-        Some(path) => image::open(path).with_context(|| format!("reading {}", path.display()))?,
+        Some(path) => load_image_file_within(path, args.max_pixels)?,
         None => bench::synthetic_image(bundle.manifest.input.width, bundle.manifest.input.height),
     };
     let options = BenchOptions {

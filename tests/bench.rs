@@ -165,28 +165,42 @@ fn network_macs_are_counted_from_the_graphs() {
         .macs(Mode::Image { stride: 4 }, 48, 48)
         .unwrap();
     assert_eq!(ustad::bench::network_macs(&bundle).unwrap(), vec![arch; 3]);
-    // The shipped bundle's teacher is the backbone: far cheaper than its patch-network students.
-    let shipped = Bundle::load(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/bundles/mtd-edge"),
-    )
-    .unwrap();
-    let macs = ustad::bench::network_macs(&shipped).unwrap();
-    let scale = &shipped.manifest.scales[0];
-    let input = &shipped.manifest.input;
-    let student = Architecture::for_patch_size(scale.patch_size)
-        .unwrap()
-        .macs(
-            Mode::Image {
-                stride: scale.stride,
-            },
-            input.height,
-            input.width,
+    // The shipped bundles' teacher is the backbone: far cheaper than its patch-network
+    // students, whose count follows their widths (edge-fast: half-width students).
+    let mut per_student = Vec::new();
+    for name in ["mtd-edge", "mtd-edge-fast"] {
+        let shipped = Bundle::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models/bundles")
+                .join(name),
         )
         .unwrap();
-    assert!(macs[1..].iter().all(|m| *m == student), "{macs:?}");
+        let macs = ustad::bench::network_macs(&shipped).unwrap();
+        let scale = &shipped.manifest.scales[0];
+        let input = &shipped.manifest.input;
+        let student = Architecture::new(scale.patch_size, scale.student_channel_divisor)
+            .unwrap()
+            .macs(
+                Mode::Image {
+                    stride: scale.stride,
+                },
+                input.height,
+                input.width,
+            )
+            .unwrap();
+        assert!(macs[1..].iter().all(|m| *m == student), "{name}: {macs:?}");
+        assert!(
+            macs[0] > 0 && macs[0] < student / 4,
+            "{name}: teacher {} vs student {student}",
+            macs[0]
+        );
+        per_student.push(student);
+    }
+    // Halving every hidden width divides most of the work by four.
     assert!(
-        macs[0] > 0 && macs[0] < student / 4,
-        "teacher {} vs student {student}",
-        macs[0]
+        per_student[1] * 3 < per_student[0],
+        "edge-fast {} vs edge {} MAC per student",
+        per_student[1],
+        per_student[0]
     );
 }

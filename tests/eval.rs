@@ -10,6 +10,7 @@ use std::process::Command;
 use image::{GrayImage, Luma};
 use serde_json::Value;
 use ustad::bundle::{Bundle, ImageScoreRule, InputSpec};
+use ustad::capture::decode::DEFAULT_MAX_PIXELS;
 use ustad::eval::ThresholdReport;
 use ustad::eval::run::{self, EvalReport};
 use ustad::infer::{Engine, EngineOptions};
@@ -76,12 +77,12 @@ fn evaluate(data: &Path, limit: Option<usize>, out: &Path) -> (EvalReport, Value
     let bundle = random_bundle(bundle_dir.path(), 0.0);
     let split = run::load_test_split(data, limit).unwrap();
     let mut engine = Engine::load(bundle, EngineOptions::default()).unwrap();
-    let first = run::score_test_split(&mut engine, &split, |_| {}).unwrap();
+    let first = run::score_test_split(&mut engine, &split, DEFAULT_MAX_PIXELS, |_| {}).unwrap();
     let mut scores: Vec<f32> = first.images.iter().map(|i| i.score).collect();
     scores.sort_by(f32::total_cmp);
     engine.set_threshold(scores[scores.len() / 2]);
     let mut calls = 0;
-    let evaluation = run::score_test_split(&mut engine, &split, |done| {
+    let evaluation = run::score_test_split(&mut engine, &split, DEFAULT_MAX_PIXELS, |done| {
         calls += 1;
         assert_eq!(done, calls);
     })
@@ -290,6 +291,30 @@ fn cli_writes_the_report_and_names_a_missing_mask() {
             .unwrap();
     assert_eq!(json["images"].as_u64(), Some(6), "2 per category");
     assert!(report_dir.join("pro.png").is_file());
+
+    // Images and masks are read within the pixel limit, as the daemon reads frames.
+    let o = ustad(&["eval", "--bundle", b, "--data", d, "--max-pixels", "1000"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("test/good/000.png") && stderr.contains("exceeds the limit"),
+        "{stderr}"
+    );
+    // A mask whose header declares 20000² pixels is refused before any pixel is decoded.
+    let mask = data.path().join("ground_truth/crack/000_mask.png");
+    let original = std::fs::read(&mask).unwrap();
+    let mut bomb = original.clone();
+    bomb[16..20].copy_from_slice(&20_000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&20_000u32.to_be_bytes());
+    std::fs::write(&mask, &bomb).unwrap();
+    let o = ustad(&["eval", "--bundle", b, "--data", d, "--limit", "1"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("000_mask.png") && stderr.contains("20000x20000 exceeds the limit"),
+        "{stderr}"
+    );
+    std::fs::write(&mask, &original).unwrap();
 
     std::fs::remove_file(data.path().join("ground_truth/hole/001_mask.png")).unwrap();
     let o = ustad(&["eval", "--bundle", b, "--data", d]);

@@ -32,7 +32,7 @@ use v4l::prelude::*;
 use v4l::video::Capture;
 use v4l::video::capture::Parameters;
 
-use crate::capture::decode::{decode_jpeg, yuyv_to_rgb};
+use crate::capture::decode::{decode_jpeg_within, yuyv_to_rgb};
 use crate::capture::{Backoff, CaptureError, DecodeError, Frame, FrameSource};
 use crate::clock::{Clock, MonotonicClock, Timestamp};
 use crate::config::{Exposure, PixelFormat, V4l2Config};
@@ -412,7 +412,11 @@ impl<C: Clock> FrameSource for V4l2Source<C> {
         }
         let data = &buf[..used];
         let image = match pixel_format {
-            PixelFormat::Mjpeg => decode_jpeg(data),
+            // A frame larger than the negotiated format is corrupt (or hostile): refused on
+            // its header, before the decoder allocates for it.
+            PixelFormat::Mjpeg => {
+                decode_jpeg_within(data, u64::from(format.width) * u64::from(format.height))
+            }
             PixelFormat::Yuyv => {
                 let stride = if format.stride > 0 {
                     format.stride

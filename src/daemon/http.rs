@@ -10,7 +10,8 @@
 //!
 //! - One request per connection (`Connection: close`); a request body is never read.
 //! - The request head is read up to [`MAX_HEAD`] bytes, all of it within [`DEADLINE`]; a
-//!   response is written within the same deadline. A slow or silent client holds one worker
+//!   response is written within the same deadline, however few bytes the client takes at a
+//!   time. A slow or silent client holds one worker
 //!   for at most that long.
 //! - [`WORKERS`] threads serve connections from a queue of [`QUEUE`]; when it is full the
 //!   connection is answered 503 at once by the accept thread and closed, so a flood of clients
@@ -34,6 +35,8 @@ use super::metrics::Metrics;
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Time a connection may take to send its request head, and to take its response.
 pub const DEADLINE: Duration = Duration::from_secs(2);
+/// The least time a connection that waited in the queue gets to deliver its request head.
+pub const QUEUED_GRACE: Duration = Duration::from_millis(50);
 /// Threads serving connections.
 pub const WORKERS: usize = 4;
 /// Accepted connections waiting for a worker; beyond this they are refused with 503.
@@ -66,17 +69,17 @@ impl HttpServer {
         let listener = TcpListener::bind(addr).map_err(fail)?;
         let bound = listener.local_addr().map_err(fail)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (queue, connections) = bounded::<TcpStream>(QUEUE);
+        let (queue, connections) = bounded::<(TcpStream, Instant)>(QUEUE);
         let mut threads = Vec::with_capacity(WORKERS + 1);
         for i in 0..WORKERS {
-            let connections: Receiver<TcpStream> = connections.clone();
+            let connections: Receiver<(TcpStream, Instant)> = connections.clone();
             let metrics = Arc::clone(&metrics);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("ustad-http-{i}"))
                     .spawn(move || {
-                        for stream in connections {
-                            serve(stream, &metrics);
+                        for (stream, accepted) in connections {
+                            serve(stream, accepted, &metrics);
                         }
                     })
                     .map_err(fail)?,
@@ -92,9 +95,9 @@ impl HttpServer {
                             break;
                         }
                         let Ok(stream) = stream else { continue };
-                        match queue.try_send(stream) {
+                        match queue.try_send((stream, Instant::now())) {
                             Ok(()) => {}
-                            Err(TrySendError::Full(stream)) => refuse_busy(stream),
+                            Err(TrySendError::Full((stream, _))) => refuse_busy(stream),
                             Err(TrySendError::Disconnected(_)) => break,
                         }
                     }
@@ -154,15 +157,22 @@ impl Reply {
 
 /// All workers busy: say so without reading anything, and close.
 fn refuse_busy(mut stream: TcpStream) {
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-    let _ = write_reply(&mut stream, &Reply::text(503, "busy\n"), false);
+    let by = Instant::now() + Duration::from_millis(200);
+    let _ = write_reply(&mut stream, &Reply::text(503, "busy\n"), false, by);
     let _ = stream.shutdown(Shutdown::Both);
 }
 
 /// Serves one connection: one bounded request head, one response, close.
-fn serve(mut stream: TcpStream, metrics: &Metrics) {
-    let started = Instant::now();
-    let (reply, head_only) = match read_head(&mut stream, started) {
+///
+/// The head must arrive within [`DEADLINE`] of the connection's acceptance, so a connection
+/// that waited in the queue behind slow clients gets only what is left, at least
+/// [`QUEUED_GRACE`]: a request already sent is read at once, a silent client queued for its
+/// whole deadline is dropped in that grace instead of holding a worker for another deadline
+/// (slow clients arriving together would otherwise delay everyone by their number × the
+/// deadline / [`WORKERS`]). The reply then has a deadline of its own.
+fn serve(mut stream: TcpStream, accepted: Instant, metrics: &Metrics) {
+    let head_by = (accepted + DEADLINE).max(Instant::now() + QUEUED_GRACE);
+    let (reply, head_only) = match read_head(&mut stream, head_by) {
         Ok(head) => match parse_request_line(&head) {
             Some((method, path)) if method == "GET" || method == "HEAD" => {
                 (route(path, metrics), method == "HEAD")
@@ -173,15 +183,13 @@ fn serve(mut stream: TcpStream, metrics: &Metrics) {
         Err(HeadError::TooLarge) => (Reply::text(431, "request head too large\n"), false),
         Err(HeadError::Closed) => return,
     };
-    let _ = stream.set_write_timeout(Some(remaining(started)));
-    let _ = write_reply(&mut stream, &reply, head_only);
+    let _ = write_reply(&mut stream, &reply, head_only, Instant::now() + DEADLINE);
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-/// What is left of the connection's deadline (never zero: zero means "block" to std).
-fn remaining(started: Instant) -> Duration {
-    DEADLINE
-        .saturating_sub(started.elapsed())
+/// What is left until `by` (never zero: zero means "block" to std).
+fn remaining(by: Instant) -> Duration {
+    by.saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1))
 }
 
@@ -193,16 +201,16 @@ enum HeadError {
 }
 
 /// Reads up to the blank line that ends the request head, within [`MAX_HEAD`] bytes and the
-/// connection's deadline. Whatever follows (a body, pipelined requests) is never read.
-fn read_head(stream: &mut TcpStream, started: Instant) -> Result<Vec<u8>, HeadError> {
+/// instant `by`. Whatever follows (a body, pipelined requests) is never read.
+fn read_head(stream: &mut TcpStream, by: Instant) -> Result<Vec<u8>, HeadError> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     loop {
-        if started.elapsed() >= DEADLINE {
+        if Instant::now() >= by {
             return Err(HeadError::Closed);
         }
         stream
-            .set_read_timeout(Some(remaining(started)))
+            .set_read_timeout(Some(remaining(by)))
             .map_err(|_| HeadError::Closed)?;
         let room = (MAX_HEAD + 1 - head.len()).min(buf.len());
         let n = match stream.read(&mut buf[..room]) {
@@ -249,7 +257,12 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn write_reply(stream: &mut TcpStream, reply: &Reply, head_only: bool) -> std::io::Result<()> {
+fn write_reply(
+    stream: &mut TcpStream,
+    reply: &Reply,
+    head_only: bool,
+    by: Instant,
+) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         reply.status,
@@ -257,11 +270,43 @@ fn write_reply(stream: &mut TcpStream, reply: &Reply, head_only: bool) -> std::i
         reply.content_type,
         reply.body.len()
     );
-    stream.write_all(head.as_bytes())?;
+    let mut out = head.into_bytes();
     if !head_only {
-        stream.write_all(&reply.body)?;
+        out.extend_from_slice(&reply.body);
     }
-    stream.flush()
+    write_by(stream, &out, by)
+}
+
+/// A writer whose every write can be bounded in time (a socket's `SO_SNDTIMEO`).
+trait TimedWrite: Write {
+    fn set_write_timeout(&mut self, timeout: Duration) -> std::io::Result<()>;
+}
+
+impl TimedWrite for TcpStream {
+    fn set_write_timeout(&mut self, timeout: Duration) -> std::io::Result<()> {
+        TcpStream::set_write_timeout(self, Some(timeout))
+    }
+}
+
+/// Writes all of `bytes` by the instant `by`, or fails. The write timeout is set to what is
+/// left before every write: a socket timeout alone restarts with each write, so a client that
+/// reads a few bytes at a time could hold a worker for as long as it likes.
+fn write_by(out: &mut impl TimedWrite, mut bytes: &[u8], by: Instant) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    while !bytes.is_empty() {
+        let left = by.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::new(ErrorKind::TimedOut, "reply deadline passed"));
+        }
+        out.set_write_timeout(left)?;
+        match out.write(bytes) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.flush()
 }
 
 fn route(path: &str, metrics: &Metrics) -> Reply {
@@ -363,6 +408,65 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::time::Duration;
+
+    /// A client that takes at most `per_write` bytes per write, `delay` apart, whatever the
+    /// timeout asks.
+    struct Client {
+        delay: Duration,
+        per_write: usize,
+        got: Vec<u8>,
+    }
+
+    impl Write for Client {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(self.delay);
+            let n = buf.len().min(self.per_write);
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl TimedWrite for Client {
+        fn set_write_timeout(&mut self, _: Duration) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_reply_is_bounded_by_one_deadline_not_one_per_write() {
+        // One byte every 5 ms: 1000 bytes would take 5 s; the deadline is 100 ms.
+        let mut slow = Client {
+            delay: Duration::from_millis(5),
+            per_write: 1,
+            got: Vec::new(),
+        };
+        let started = Instant::now();
+        let result = write_by(&mut slow, &[7; 1000], started + Duration::from_millis(100));
+        let err = result.expect_err("the deadline must stop the reply");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            !slow.got.is_empty() && slow.got.len() < 1000,
+            "{}",
+            slow.got.len()
+        );
+        // A client that keeps up gets every byte.
+        let mut fast = Client {
+            delay: Duration::ZERO,
+            per_write: 3,
+            got: Vec::new(),
+        };
+        let by = Instant::now() + Duration::from_secs(5);
+        write_by(&mut fast, b"hello world", by).expect("written");
+        assert_eq!(fast.got, b"hello world");
+    }
 
     /// A minimal HTTP/1.0 GET: status code and body.
     pub(crate) fn get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
@@ -503,6 +607,23 @@ mod tests {
         let started = Instant::now();
         assert_eq!(get(addr, "/healthz").0, 200);
         assert!(started.elapsed() < 4 * DEADLINE, "{:?}", started.elapsed());
+        drop(silent);
+    }
+
+    #[test]
+    fn a_crowd_of_silent_clients_delays_others_by_about_one_deadline() {
+        let (server, _metrics) = server();
+        let addr = server.local_addr();
+        // Enough silent clients to fill every worker and most of the queue: served one
+        // deadline each, they would hold the next request for (18 / 4) × 2 s ≈ 9 s.
+        let silent: Vec<TcpStream> = (0..WORKERS + QUEUE - 2)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        assert_eq!(get(addr, "/healthz").0, 200);
+        let waited = started.elapsed();
+        assert!(waited < DEADLINE + Duration::from_secs(1), "{waited:?}");
         drop(silent);
     }
 }

@@ -57,6 +57,9 @@ pub enum EvalRunError {
     /// A test image the daemon would not judge either (read and decoded as the daemon does).
     #[error("cannot judge test image {0}")]
     Picture(#[from] crate::capture::decode::ImageFileError),
+    /// A ground-truth mask that cannot be read within the same limits as the images.
+    #[error("cannot read ground-truth mask {0}")]
+    Mask(crate::capture::decode::ImageFileError),
     #[error(
         "{mask}: mask is {mask_width}×{mask_height} but its image {image} is {image_width}×{image_height}"
     )]
@@ -223,16 +226,22 @@ pub struct Evaluation {
     pub input: InputSpec,
     /// Mean wall time of one image: decoding, resizing and the engine.
     pub mean_frame_ms: f64,
+    /// The pixel limit the images were read with; overlays re-read them with the same one.
+    pub max_pixels: u64,
 }
 
 /// Runs the engine on every image of `split`, calling `progress(done)` after each.
 ///
 /// An image that cannot be read, or that the engine cannot judge (NaN map), stops the run with
 /// the file named: in the daemon such a part is rejected, but in an evaluation it means a broken
-/// dataset or model, and counting it either way would bias the numbers.
+/// dataset or model, and counting it either way would bias the numbers. Images and masks are
+/// read as the daemon reads frames: bounded file reads, the strict decoder, at most
+/// `max_pixels` pixels (`--max-pixels`; a decompression bomb in a dataset is an error, not an
+/// out-of-memory kill).
 pub fn score_test_split(
     engine: &mut Engine,
     split: &[TestImage],
+    max_pixels: u64,
     mut progress: impl FnMut(usize),
 ) -> Result<Evaluation, EvalRunError> {
     let (height, width) = engine.input_size();
@@ -243,9 +252,15 @@ pub fn score_test_split(
     let mut masks = Vec::with_capacity(split.len());
     let start = Instant::now();
     for (done, item) in split.iter().enumerate() {
-        let picture = crate::capture::decode::load_image_file(&item.path)?;
+        let picture = crate::capture::decode::load_image_file_within(&item.path, max_pixels)?;
         let mask = match &item.mask {
-            Some(mask_path) => Some(load_mask(mask_path, &item.path, &picture, width, height)?),
+            Some(mask_path) => Some(load_mask(
+                mask_path,
+                &item.path,
+                &picture,
+                (width, height),
+                max_pixels,
+            )?),
             None => None,
         };
         let analysis = engine
@@ -279,6 +294,7 @@ pub fn score_test_split(
         threshold,
         input,
         mean_frame_ms,
+        max_pixels,
     })
 }
 
@@ -288,14 +304,11 @@ fn load_mask(
     mask_path: &Path,
     image_path: &Path,
     picture: &image::DynamicImage,
-    width: usize,
-    height: usize,
+    (width, height): (usize, usize),
+    max_pixels: u64,
 ) -> Result<Vec<u8>, EvalRunError> {
-    let mask = image::open(mask_path)
-        .map_err(|source| EvalRunError::Image {
-            path: mask_path.to_path_buf(),
-            source,
-        })?
+    let mask = crate::capture::decode::load_image_file_within(mask_path, max_pixels)
+        .map_err(EvalRunError::Mask)?
         .to_luma8();
     // A mask of another size would be stretched onto the wrong pixels.
     if mask.dimensions() != (picture.width(), picture.height()) {
@@ -620,7 +633,10 @@ pub fn write_outputs(
             let Some(&i) = index.get(example.file.as_path()) else {
                 continue;
             };
-            let picture = crate::capture::decode::load_image_file(&example.file)?;
+            let picture = crate::capture::decode::load_image_file_within(
+                &example.file,
+                evaluation.max_pixels,
+            )?;
             let rgb = preprocess::resize_rgb(&picture, &evaluation.input);
             let mut overlay = heatmap::overlay(
                 &rgb,
