@@ -6,16 +6,18 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-use ustad::arch::DESCRIPTOR_DIM;
-use ustad::bundle::{Decision, ImageScoreRule, InputSpec, Precision, Provenance};
-use ustad::export::{ChannelNorm, ScaleExport, TeacherExport, write_bundle};
-use ustad::infer::{Engine, EngineOptions};
-use ustad::score::Calibration;
-use ustad::weights::NetworkWeights;
+use ustad_core::bundle::onnx::{ChannelNorm, ScaleExport, TeacherExport, write_bundle};
+use ustad_core::bundle::{Precision, Provenance};
+use ustad_core::engine::{Engine, EngineOptions};
+use ustad_core::judge::decide::{Decision, ImageScoreRule};
+use ustad_core::judge::preprocess::InputSpec;
+use ustad_core::judge::score::Calibration;
+use ustad_core::networks::arch::DESCRIPTOR_DIM;
+use ustad_core::networks::weights::NetworkWeights;
 
 const SIDE: usize = 64;
 
-fn bundle(dir: &std::path::Path) -> ustad::bundle::Bundle {
+fn bundle(dir: &std::path::Path) -> ustad_core::bundle::Bundle {
     let teacher = NetworkWeights::random(33, 1).expect("p = 33 exists");
     let students: Vec<NetworkWeights> = (2..5)
         .map(|seed| NetworkWeights::random(33, seed).expect("p = 33 exists"))

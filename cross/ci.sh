@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CI stage for the ARM targets (called by .ci/run after the x86_64 tests):
 #   1. cross toolchains (cross/setup.sh)
-#   2. aarch64: builds the library, its tests and the `ustad` binary, and runs the library's unit
-#      tests and the scoring-engine tests on real exported bundles (tests/engine.rs,
+#   2. aarch64: builds both libraries (ustad-core, ustad), their tests and the `ustad` binary, and
+#      runs both libraries' unit tests and the scoring-engine tests on real exported bundles (tests/engine.rs,
 #      tests/bundle.rs) under qemu-aarch64 (Cortex-A76, tract forced to its A55 NEON+fp16 kernels);
 #      three reference-loop comparisons too slow under emulation are skipped (see below)
 #   3. armv7 (NEON): builds the same and runs the scoring-engine tests under qemu-arm
@@ -35,7 +35,10 @@ slow_under_qemu=(--skip reference::tests::image_mode_equals_patch_network_at_eve
                  --skip exported_graphs_match_the_reference_network
                  --skip engine_scores_follow_the_formulas)
 
-stage "aarch64 build (lib, tests, bin)" cargo test -p ustad --target "$a64" --lib --bins --test engine --test bundle --no-run
+stage "aarch64 build (libs, tests, bin)" cargo test -p ustad --target "$a64" --lib --bins --test engine --test bundle --no-run
+stage "aarch64 core build (lib tests)" cargo test -p ustad-core --target "$a64" --lib --no-run
+stage "aarch64 core tests under qemu (networks, judge, bundle, engine)" \
+  env UST_PACKAGE=ustad-core bash cross/test.sh "$a64" --lib -- "${slow_under_qemu[@]}"
 stage "aarch64 tests under qemu (lib + bin + engine + bundle)" \
   bash cross/test.sh "$a64" --lib --bins --test engine --test bundle -- "${slow_under_qemu[@]}"
 stage "armv7 build (lib, engine test, bin)" cargo test -p ustad --target "$a32" --test engine --no-run

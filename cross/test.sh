@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the `ustad` crate's tests for an ARM target under qemu-user (runners and the tract CPU
-# knobs come from .cargo/config.toml).
+# Runs the `ustad` crate's tests (or UST_PACKAGE's: `ustad-core` for the networks, judging
+# math, bundle and engine unit tests) for an ARM target under qemu-user (runners and the tract
+# CPU knobs come from .cargo/config.toml).
 #
-# Usage: cross/test.sh TARGET [SUBSET] [CARGO_TEST_ARGS...]
+# Usage: [UST_PACKAGE=ustad-core] cross/test.sh TARGET [SUBSET] [CARGO_TEST_ARGS...]
 #   cross/test.sh aarch64-unknown-linux-gnu                     # everything: lib, bins, tests/
 #   cross/test.sh aarch64-unknown-linux-gnu --lib               # unit tests only
 #   cross/test.sh armv7-unknown-linux-gnueabihf --test engine   # the scoring-engine tests
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ustad/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-[ $# -ge 1 ] || { sed -n "2,14p" "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n "2,16p" "$0" >&2; exit 2; }
 target="$1"; shift
 # shellcheck source=cross/env.sh
 source cross/env.sh
@@ -38,7 +39,8 @@ if [ ${#args[@]} -ge 1 ]; then
   esac
 fi
 
-echo "== cargo test -p ustad --target $target ${args[*]} (under $qemu)"
+package="${UST_PACKAGE:-ustad}"
+echo "== cargo test -p $package --target $target ${args[*]} (under $qemu)"
 s=$(date +%s)
-cargo test -p ustad --target "$target" "${args[@]}"
+cargo test -p "$package" --target "$target" "${args[@]}"
 echo "== cross/test.sh $target: $(( $(date +%s) - s )) s"

@@ -15,18 +15,18 @@ use image::DynamicImage;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::arch::Mode;
-use crate::bundle::{Bundle, Precision};
-use crate::infer::{Engine, EngineError, EngineOptions};
-use crate::preprocess;
+use ustad_core::bundle::cost::{CostError, ScaleCost, network_macs, scale_costs};
+use ustad_core::bundle::{Bundle, Precision};
+use ustad_core::engine::{Engine, EngineError, EngineOptions};
+use ustad_core::judge::preprocess;
 
 /// Why a benchmark could not run.
 #[derive(Debug, Error)]
 pub enum BenchError {
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("scale {scale}: {message}")]
-    Geometry { scale: usize, message: String },
+    #[error(transparent)]
+    Cost(#[from] CostError),
     #[error("{path}: {source}")]
     Io {
         path: std::path::PathBuf,
@@ -126,7 +126,7 @@ pub enum Outcome {
 pub struct BenchReport {
     pub bundle: std::path::PathBuf,
     pub cpu: String,
-    /// The ISA rung tract picked its kernels for ([`crate::infer::cpu_kernels`]).
+    /// The ISA rung tract picked its kernels for ([`ustad_core::engine::cpu_kernels`]).
     pub kernels: String,
     pub cores: usize,
     pub threads: usize,
@@ -141,130 +141,6 @@ pub struct BenchReport {
     /// Fastest measured precision within the parity bound.
     pub recommendation: Option<Precision>,
     pub recommendation_reason: String,
-}
-
-/// Multiply-accumulates per network of `bundle` for one frame, in engine order (per scale:
-/// teacher, then students), counted from the f32 graph files themselves: a backbone teacher is
-/// not a patch network, so the architecture's count would be wrong for it.
-pub fn network_macs(bundle: &Bundle) -> Result<Vec<u64>, BenchError> {
-    let m = &bundle.manifest;
-    let mut out = Vec::new();
-    for (index, scale) in m.scales.iter().enumerate() {
-        for file in std::iter::once(&scale.teacher).chain(&scale.students) {
-            let path = bundle.file(file);
-            let macs =
-                graph_macs(&path, [1, 3, m.input.height, m.input.width]).map_err(|message| {
-                    BenchError::Geometry {
-                        scale: index,
-                        message: format!("{}: {message}", path.display()),
-                    }
-                })?;
-            out.push(macs);
-        }
-    }
-    Ok(out)
-}
-
-/// Multiply-accumulates of one run of the ONNX graph at `path` on an input of `shape`: the sum
-/// of tract's FMA cost over the nodes of the decluttered (not yet kernel-optimised) graph.
-pub fn graph_macs(path: &Path, shape: [usize; 4]) -> Result<u64, String> {
-    use tract_onnx::prelude::*;
-    let error = |e: TractError| format!("{e:#}");
-    let model = tract_onnx::onnx()
-        .model_for_path(path)
-        .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
-        .and_then(|m| m.into_typed())
-        .and_then(|m| m.into_decluttered())
-        .map_err(error)?;
-    let mut total = 0u64;
-    for node in model.nodes() {
-        let inputs = model.node_input_facts(node.id).map_err(error)?;
-        for (cost, count) in node.op.cost(&inputs).map_err(error)? {
-            if matches!(cost, tract_onnx::tract_core::ops::Cost::FMA(_)) {
-                let count = count.to_i64().map_err(|e| e.to_string())?;
-                total += u64::try_from(count).map_err(|e| e.to_string())?;
-            }
-        }
-    }
-    Ok(total)
-}
-
-/// Multiply-accumulates of one conv layer of one network for one frame.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LayerMacs {
-    /// e.g. `conv5x5 128->256 d2 @ 60x60` (kernel, channels, dilation, output size).
-    pub layer: String,
-    pub macs: u64,
-    /// Share of the network's MACs.
-    pub share: f64,
-}
-
-/// The arithmetic of one scale's network, layer by layer: which layer bounds the speed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ScaleCost {
-    pub patch_size: usize,
-    pub stride: usize,
-    /// Students of the scale; the per-layer list is one student's (a teacher may be another
-    /// graph altogether, the backbone's: [`NetworkTiming::macs`] counts each file).
-    pub students: usize,
-    pub macs_per_student: u64,
-    pub layers: Vec<LayerMacs>,
-}
-
-/// Per-layer MACs of every scale's students (same geometry walk as [`Architecture::macs`]), so
-/// a report can say which layer dominates, not only which network.
-pub fn scale_costs(bundle: &Bundle) -> Result<Vec<ScaleCost>, BenchError> {
-    let m = &bundle.manifest;
-    let mut out = Vec::new();
-    for (index, scale) in m.scales.iter().enumerate() {
-        let geometry = |message: String| BenchError::Geometry {
-            scale: index,
-            message,
-        };
-        let arch = scale
-            .student_architecture()
-            .map_err(|e| geometry(e.to_string()))?;
-        let mut layers: Vec<LayerMacs> = arch
-            .conv_costs(
-                Mode::Image {
-                    stride: scale.stride,
-                },
-                m.input.height,
-                m.input.width,
-            )
-            .map_err(|e| geometry(e.to_string()))?
-            .into_iter()
-            .map(|c| LayerMacs {
-                layer: format!(
-                    "conv{k}x{k} {}->{} d{} @ {}x{}",
-                    c.in_channels,
-                    c.out_channels,
-                    c.dilation,
-                    c.height,
-                    c.width,
-                    k = c.kernel
-                ),
-                macs: c.macs,
-                share: 0.0,
-            })
-            .collect();
-        let total: u64 = layers.iter().map(|l| l.macs).sum();
-        for l in &mut layers {
-            l.share = if total > 0 {
-                l.macs as f64 / total as f64
-            } else {
-                0.0
-            };
-        }
-        out.push(ScaleCost {
-            patch_size: scale.patch_size,
-            stride: scale.stride,
-            students: scale.students.len(),
-            macs_per_student: total,
-            layers,
-        });
-    }
-    Ok(out)
 }
 
 /// Why `bundle` cannot run at `precision`, if it cannot.
@@ -548,7 +424,7 @@ pub fn run_bench(
     Ok(BenchReport {
         bundle: bundle.dir.clone(),
         cpu: cpu_model(),
-        kernels: crate::infer::cpu_kernels(),
+        kernels: ustad_core::engine::cpu_kernels(),
         cores: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
@@ -756,7 +632,7 @@ pub fn dump_run(
             "label": label,
             "onnx": files.get(i).map(|f| bundle.file(f)),
             "output": name,
-            "output_shape": map.map(|(h, w)| [1, crate::arch::DESCRIPTOR_DIM, h, w]),
+            "output_shape": map.map(|(h, w)| [1, ustad_core::networks::arch::DESCRIPTOR_DIM, h, w]),
         }));
     }
     let manifest = serde_json::json!({
@@ -787,7 +663,7 @@ pub fn parse_precisions(text: &str) -> Result<Vec<Precision>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::Architecture;
+    use ustad_core::networks::arch::{Architecture, Mode};
 
     #[test]
     fn percentile_is_nearest_rank() {
@@ -875,10 +751,10 @@ mod tests {
             let dir = std::path::PathBuf::from("unused");
             let bundle = Bundle {
                 dir,
-                manifest: crate::bundle::Manifest {
-                    format_version: crate::bundle::FORMAT_VERSION,
-                    input: crate::bundle::InputSpec::imagenet(80, 96),
-                    scales: vec![crate::bundle::ScaleSpec {
+                manifest: ustad_core::bundle::Manifest {
+                    format_version: ustad_core::bundle::FORMAT_VERSION,
+                    input: ustad_core::judge::preprocess::InputSpec::imagenet(80, 96),
+                    scales: vec![ustad_core::bundle::ScaleSpec {
                         patch_size: p,
                         stride,
                         student_channel_divisor: divisor,
@@ -887,10 +763,10 @@ mod tests {
                         int8: None,
                         teacher_mean: vec![],
                         teacher_std: vec![],
-                        calibration: crate::score::Calibration::IDENTITY,
+                        calibration: ustad_core::judge::score::Calibration::IDENTITY,
                     }],
                     image_score: Default::default(),
-                    decision: crate::bundle::Decision {
+                    decision: ustad_core::judge::decide::Decision {
                         threshold: 1.0,
                         rule: String::new(),
                     },

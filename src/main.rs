@@ -9,9 +9,9 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use ustad::bundle::{Bundle, Precision};
-use ustad::heatmap;
-use ustad::infer::{Engine, EngineOptions};
+use ustad_core::bundle::{Bundle, Precision};
+use ustad_core::engine::{Engine, EngineOptions};
+use ustad_core::judge::heatmap;
 
 mod measure;
 
@@ -115,7 +115,7 @@ fn score(
     if let Some(dir) = heatmaps {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let files = ustad::dataset::collect_images(inputs)?;
+    let files = ustad_core::images::collect_images(inputs)?;
     let input_spec = engine.bundle().manifest.input.clone();
     if files.is_empty() {
         bail!("no images found in {inputs:?}");
@@ -142,14 +142,13 @@ fn score(
                     analysis.verdict
                 );
                 if let Some(dir) = heatmaps {
-                    let rgb = ustad::preprocess::resize_rgb(&image, &input_spec);
-                    let overlay = heatmap::overlay(
+                    let rgb = ustad_core::judge::preprocess::resize_rgb(&image, &input_spec);
+                    let overlay = heatmap::overlay_at_threshold(
                         &rgb,
                         analysis.map,
                         analysis.width,
                         analysis.height,
-                        0.0,
-                        threshold.max(1e-3) * 1.5,
+                        threshold,
                     );
                     let out = dir.join(name);
                     overlay

@@ -9,10 +9,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use ustad::bench::{self, BenchOptions};
-use ustad::bundle::{Bundle, Precision};
 use ustad::capture::decode::{DEFAULT_MAX_PIXELS, load_image_file_within};
 use ustad::eval::run::{self as eval_run, DEFAULT_FPR_LIMIT, EvalReport};
-use ustad::infer::{Engine, EngineOptions};
+use ustad_core::bundle::{Bundle, Precision};
+use ustad_core::engine::{Engine, EngineOptions};
 
 #[derive(Args)]
 pub struct EvalArgs {

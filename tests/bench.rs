@@ -7,7 +7,9 @@ mod common;
 use std::process::Command;
 
 use serde_json::Value;
-use ustad::bundle::{ImageScoreRule, InputSpec, Precision};
+use ustad_core::bundle::Precision;
+use ustad_core::judge::decide::ImageScoreRule;
+use ustad_core::judge::preprocess::InputSpec;
 
 /// Tiny, because f16 is emulated on x86 (~0.1 GFLOP/s): it is measured, so it must be cheap.
 const SIDE: usize = 16;
@@ -148,8 +150,8 @@ fn bench_table_is_printed_without_json() {
 
 #[test]
 fn network_macs_are_counted_from_the_graphs() {
-    use ustad::arch::{Architecture, Mode};
-    use ustad::bundle::Bundle;
+    use ustad_core::bundle::Bundle;
+    use ustad_core::networks::arch::{Architecture, Mode};
     // Patch networks: the graph count is the architecture's.
     let dir = tempfile::tempdir().unwrap();
     common::write_random_bundle(
@@ -164,7 +166,10 @@ fn network_macs_are_counted_from_the_graphs() {
         .unwrap()
         .macs(Mode::Image { stride: 4 }, 48, 48)
         .unwrap();
-    assert_eq!(ustad::bench::network_macs(&bundle).unwrap(), vec![arch; 3]);
+    assert_eq!(
+        ustad_core::bundle::cost::network_macs(&bundle).unwrap(),
+        vec![arch; 3]
+    );
     // The shipped bundles' teacher is the backbone: far cheaper than its patch-network
     // students, whose count follows their widths (edge-fast: half-width students).
     let mut per_student = Vec::new();
@@ -175,7 +180,7 @@ fn network_macs_are_counted_from_the_graphs() {
                 .join(name),
         )
         .unwrap();
-        let macs = ustad::bench::network_macs(&shipped).unwrap();
+        let macs = ustad_core::bundle::cost::network_macs(&shipped).unwrap();
         let scale = &shipped.manifest.scales[0];
         let input = &shipped.manifest.input;
         let student = Architecture::new(scale.patch_size, scale.student_channel_divisor)

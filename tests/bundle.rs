@@ -4,7 +4,9 @@ mod common;
 
 use std::path::Path;
 
-use ustad::bundle::{Bundle, BundleError, ImageScoreRule, InputSpec, MANIFEST};
+use ustad_core::bundle::{Bundle, BundleError, MANIFEST};
+use ustad_core::judge::decide::ImageScoreRule;
+use ustad_core::judge::preprocess::InputSpec;
 
 fn good_bundle(dir: &Path) -> Bundle {
     let scales = vec![common::random_scale(17, 1, 2, 3)];
@@ -137,19 +139,19 @@ fn unknown_fields_and_impossible_geometry_are_refused() {
 fn a_single_student_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let scales = [common::random_scale(17, 1, 1, 3)];
-    let exports = ustad::export::ScaleExport {
+    let exports = ustad_core::bundle::onnx::ScaleExport {
         stride: 1,
-        teacher: ustad::export::TeacherExport::Network(&scales[0].teacher),
+        teacher: ustad_core::bundle::onnx::TeacherExport::Network(&scales[0].teacher),
         students: &scales[0].students,
         teacher_norm: scales[0].norm.clone(),
         calibration: scales[0].calibration,
     };
-    let err = ustad::export::write_bundle(
+    let err = ustad_core::bundle::onnx::write_bundle(
         dir.path(),
         InputSpec::imagenet(16, 16),
         &[exports],
         ImageScoreRule::default(),
-        ustad::bundle::Decision {
+        ustad_core::judge::decide::Decision {
             threshold: 1.0,
             rule: String::new(),
         },
@@ -202,7 +204,7 @@ fn a_network_zeroed_in_place_is_refused_by_its_checksum() {
     );
     // Without the checksums the damaged bundle would load: nothing else can see it.
     let manifest_path = dir.path().join(MANIFEST);
-    let mut manifest: ustad::bundle::Manifest =
+    let mut manifest: ustad_core::bundle::Manifest =
         toml::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
     manifest.checksums.clear();
     std::fs::write(&manifest_path, toml::to_string(&manifest).unwrap()).unwrap();

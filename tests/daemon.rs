@@ -15,14 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ustad::actuate::trigger::{EdgeKind, Trigger, TriggerError, TriggerEvent};
-use ustad::bundle::{ImageScoreRule, InputSpec};
 use ustad::capture::{CaptureError, Frame, FrameSource};
 use ustad::clock::{Clock, ManualClock, Timestamp};
 use ustad::daemon::archive::{PartRecord, read_records};
-use ustad::daemon::metrics::{FailReason, VerdictKind};
+use ustad::daemon::metrics::FailReason;
 use ustad::daemon::notify::{Notification, RecordingNotifier};
 use ustad::daemon::{Daemon, DaemonOptions, ReloadError};
-use ustad::infer::{Engine, EngineOptions};
+use ustad_core::engine::{Engine, EngineOptions};
+use ustad_core::judge::decide::ImageScoreRule;
+use ustad_core::judge::decide::Verdict;
+use ustad_core::judge::preprocess::InputSpec;
 
 const MTD_TEST: &str = "../shared/data/mtd/test";
 const TRAINED: &str = "models/bundles/mtd-edge";
@@ -215,7 +217,7 @@ fn replay_through_the_whole_pipeline() {
 
     // What the engine alone says about each image: the pipeline must agree part by part.
     let mut engine = Engine::load(
-        ustad::bundle::Bundle::load(&s.bundle).expect("bundle"),
+        ustad_core::bundle::Bundle::load(&s.bundle).expect("bundle"),
         EngineOptions {
             threads: 2,
             ..Default::default()
@@ -323,10 +325,10 @@ fn replay_through_the_whole_pipeline() {
 
     // Metrics agree with the archive.
     let count = |v: &str| records.iter().filter(|r| r.verdict == v).count() as u64;
-    assert_eq!(summary.verdict(VerdictKind::Pass), count("pass"));
-    assert_eq!(summary.verdict(VerdictKind::Reject), count("reject"));
+    assert_eq!(summary.verdict(Verdict::Pass), count("pass"));
+    assert_eq!(summary.verdict(Verdict::Reject), count("reject"));
     assert_eq!(
-        summary.verdict(VerdictKind::FailsafeReject),
+        summary.verdict(Verdict::FailsafeReject),
         count("failsafe_reject")
     );
     assert_eq!(summary.failsafe(FailReason::Corrupt), 1);
@@ -555,7 +557,7 @@ fn overload_fails_parts_safe_at_their_deadline_not_after_the_flap() {
     // Nothing passed the flap unrejected: every reject asked for was driven in its window.
     assert_eq!(summary.actuator.missed, 0, "{records:#?}");
     assert_eq!(summary.actuator.rejects, rejected);
-    assert_eq!(summary.verdict(VerdictKind::FailsafeReject), failed_safe);
+    assert_eq!(summary.verdict(Verdict::FailsafeReject), failed_safe);
     assert!(!pins.pulses().is_empty() || rejected == 0);
     for r in records.iter().filter(|r| r.verdict == "failsafe_reject") {
         // Waited for the engine past the budget, or found the queue full.

@@ -4,13 +4,14 @@
 
 mod common;
 
-use ustad::arch::{DESCRIPTOR_DIM, Mode};
-use ustad::bundle::{ImageScoreRule, InputSpec};
-use ustad::export::{ChannelNorm, GraphSpec, network_graph, save_model};
-use ustad::infer::{Engine, EngineOptions};
-use ustad::preprocess;
-use ustad::reference::{self, FeatureMap};
-use ustad::weights::NetworkWeights;
+use ustad_core::bundle::onnx::{ChannelNorm, GraphSpec, network_graph, save_model};
+use ustad_core::engine::{Engine, EngineOptions};
+use ustad_core::judge::decide::ImageScoreRule;
+use ustad_core::judge::preprocess;
+use ustad_core::judge::preprocess::InputSpec;
+use ustad_core::networks::arch::{DESCRIPTOR_DIM, Mode};
+use ustad_core::networks::reference::{self, FeatureMap};
+use ustad_core::networks::weights::NetworkWeights;
 
 use tract_onnx::prelude::*;
 
@@ -41,23 +42,6 @@ fn run_tract(path: &std::path::Path, input: &FeatureMap) -> Vec<f32> {
         .to_vec()
 }
 
-fn random_input(height: usize, width: usize, seed: u64) -> FeatureMap {
-    let mut state = seed;
-    FeatureMap {
-        channels: 3,
-        height,
-        width,
-        data: (0..3 * height * width)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect(),
-    }
-}
-
 /// tract on the exported file equals the reference, for every p, at the densest and sparsest
 /// strides, with and without the folded teacher normalisation.
 #[test]
@@ -66,7 +50,7 @@ fn exported_graphs_match_the_reference_network() {
     for (p, height, width) in [(17, 16, 19), (33, 20, 16), (65, 16, 24)] {
         let weights = NetworkWeights::random(p, p as u64 + 1000).unwrap();
         let arch = weights.architecture().unwrap();
-        let input = random_input(height, width, p as u64);
+        let input = FeatureMap::random(3, height, width, p as u64);
         let strides = arch.supported_strides();
         for &stride in [strides[0], *strides.last().unwrap()]
             .iter()
@@ -255,7 +239,7 @@ fn f16_precision_stays_close_to_f32() {
     let mut f32_engine = Engine::load(bundle.clone(), EngineOptions::default()).unwrap();
     let want = f32_engine.analyze(&image).unwrap().map.to_vec();
     let options = EngineOptions {
-        precision: ustad::bundle::Precision::F16,
+        precision: ustad_core::bundle::Precision::F16,
         threads: 1,
     };
     let mut f16_engine = Engine::load(bundle, options).unwrap();

@@ -9,11 +9,13 @@ use std::process::Command;
 
 use image::{GrayImage, Luma};
 use serde_json::Value;
-use ustad::bundle::{Bundle, ImageScoreRule, InputSpec};
 use ustad::capture::decode::DEFAULT_MAX_PIXELS;
 use ustad::eval::ThresholdReport;
 use ustad::eval::run::{self, EvalReport};
-use ustad::infer::{Engine, EngineOptions};
+use ustad_core::bundle::Bundle;
+use ustad_core::engine::{Engine, EngineOptions};
+use ustad_core::judge::decide::ImageScoreRule;
+use ustad_core::judge::preprocess::InputSpec;
 
 const SIDE: usize = 64;
 
@@ -340,7 +342,7 @@ fn score_uses_the_daemons_decoder_and_keeps_every_heatmap() {
     let inputs = dir.path().join("in");
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mtd/test");
     for category in ["crack", "good"] {
-        let first = ustad::dataset::images_in(&data.join(category)).unwrap()[0].clone();
+        let first = ustad_core::images::images_in(&data.join(category)).unwrap()[0].clone();
         std::fs::create_dir_all(inputs.join(category)).unwrap();
         std::fs::copy(&first, inputs.join(category).join("000.jpg")).unwrap();
     }

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use ustad::bundle::Bundle;
 use ustad::capture::decode::decode_image_within;
 use ustad::config::Config;
 use ustad::daemon::http::HttpServer;
 use ustad::daemon::metrics::Metrics;
+use ustad_core::bundle::Bundle;
 
 fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)

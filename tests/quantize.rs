@@ -9,12 +9,14 @@ use rand::{Rng, SeedableRng};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
-use ustad::arch::{Architecture, DESCRIPTOR_DIM, Mode};
-use ustad::bundle::{Bundle, ImageScoreRule, InputSpec, NetworkFiles, Precision};
-use ustad::export::{ChannelNorm, GraphSpec, network_graph};
-use ustad::infer::{Engine, EngineOptions};
-use ustad::quantize::{Range, activation_ranges, int8_graph, quantize_weights};
-use ustad::weights::NetworkWeights;
+use ustad_core::bundle::int8::{Range, activation_ranges, int8_graph, quantize_weights};
+use ustad_core::bundle::onnx::{ChannelNorm, GraphSpec, network_graph};
+use ustad_core::bundle::{Bundle, NetworkFiles, Precision};
+use ustad_core::engine::{Engine, EngineOptions};
+use ustad_core::judge::decide::ImageScoreRule;
+use ustad_core::judge::preprocess::InputSpec;
+use ustad_core::networks::arch::{Architecture, DESCRIPTOR_DIM, Mode};
+use ustad_core::networks::weights::NetworkWeights;
 
 /// Bound on max |int8 − f32| / max |f32| of the descriptors, over every random network and
 /// stride below (the worst element of 3 held-out inputs). Measured 2.8–6.0 %, 9.5 % for the
@@ -261,7 +263,7 @@ fn engine_runs_int8_bundle() {
         let write = |weights: &NetworkWeights, spec: &GraphSpec, file: &str| {
             let ranges = activation_ranges(weights, spec, &calibration).unwrap();
             let model = int8_graph(weights, spec, &ranges).unwrap();
-            ustad::export::save_model(&model, &dir.path().join(file)).unwrap();
+            ustad_core::bundle::onnx::save_model(&model, &dir.path().join(file)).unwrap();
             file.to_string()
         };
         let teacher = write(

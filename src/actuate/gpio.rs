@@ -237,7 +237,7 @@ mod tests {
     use super::*;
     use crate::actuate::{PulseTiming, RejectScheduler, Verdict};
     use crate::clock::{Clock, MonotonicClock};
-    use crate::config::FailSafePolicy;
+    use ustad_core::judge::decide::FailSafePolicy;
 
     #[test]
     fn chip_names_become_device_paths() {

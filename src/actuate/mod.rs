@@ -10,7 +10,8 @@
 //! - the line is set **inactive (safe) at start**, on [`RejectScheduler::finish`] and on drop;
 //! - on a graceful stop, pending pulses still fire ([`RejectScheduler::drain`]): the parts are
 //!   already on the belt;
-//! - a part that could not be judged gets the fail-safe policy (reject by default);
+//! - a part that could not be judged comes with the fail-safe policy's verdict (reject by
+//!   default, [`FailSafePolicy::verdict`]) and is counted as such;
 //! - a part can be **armed** when it is captured ([`RejectScheduler::arm`]): if its verdict has
 //!   not arrived by its deadline (capture + frame budget), the scheduler applies the fail-safe
 //!   itself, in time for the part's pulse window, and a verdict that comes later is refused
@@ -39,28 +40,7 @@ use std::time::Duration;
 use embedded_hal::digital::{ErrorType, OutputPin, PinState, StatefulOutputPin};
 
 use crate::clock::{Clock, Timestamp};
-use crate::config::FailSafePolicy;
-
-/// What the pipeline concluded about a part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Good part: no pulse.
-    Pass,
-    /// Defective part: pulse.
-    Reject,
-    /// The part could not be judged (frame lost or corrupt, over the time budget, engine
-    /// error): the fail-safe policy decides.
-    Unjudged,
-}
-
-impl From<crate::decide::Verdict> for Verdict {
-    fn from(v: crate::decide::Verdict) -> Self {
-        match v {
-            crate::decide::Verdict::Pass => Verdict::Pass,
-            crate::decide::Verdict::Reject => Verdict::Reject,
-        }
-    }
-}
+use ustad_core::judge::decide::{FailSafePolicy, Verdict};
 
 /// When and how long to pulse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +78,7 @@ pub enum ActuateError {
 /// What [`RejectScheduler::submit`] did with a part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheduled {
-    /// No pulse (good part, or unjudged under the `pass` policy).
+    /// No pulse (good part, or failed safe under the `pass` policy).
     Pass,
     /// A pulse is scheduled (or already running) from `start` to `end`. `end` is the end of
     /// the merged pulse the part's pulse joined, as known now.
@@ -121,6 +101,8 @@ pub enum Scheduled {
     Expired {
         /// When the scheduler applied the fail-safe.
         decided: Timestamp,
+        /// The fail-safe verdict it applied.
+        verdict: Verdict,
     },
 }
 
@@ -172,9 +154,9 @@ pub struct RejectScheduler<P: OutputPin, C: Clock> {
     active_until: Option<Timestamp>,
     /// Parts awaiting their verdict, by (part, capture time), with their deadlines.
     armed: BTreeMap<(u64, Timestamp), Timestamp>,
-    /// Parts the fail-safe was applied to at their deadline, with when, until their late
-    /// verdict arrives.
-    expired: BTreeMap<(u64, Timestamp), Timestamp>,
+    /// Parts the fail-safe was applied to at their deadline, with when and the verdict it
+    /// gave, until their late verdict arrives.
+    expired: BTreeMap<(u64, Timestamp), (Timestamp, Verdict)>,
     stats: ActuatorStats,
 }
 
@@ -274,8 +256,8 @@ impl<P: OutputPin, C: Clock> RejectScheduler<P, C> {
         let now = self.clock.now();
         // A deadline that passed while this verdict was on its way is applied first.
         self.expire_armed(now)?;
-        if let Some(decided) = self.expired.remove(&(part, captured)) {
-            return Ok(Scheduled::Expired { decided });
+        if let Some((decided, verdict)) = self.expired.remove(&(part, captured)) {
+            return Ok(Scheduled::Expired { decided, verdict });
         }
         self.armed.remove(&(part, captured));
         self.decide(part, captured, verdict)
@@ -316,15 +298,16 @@ impl<P: OutputPin, C: Clock> RejectScheduler<P, C> {
                 (deadline - captured).as_millis(),
                 (now - deadline).as_millis()
             );
-            self.expired.insert(key, now);
-            self.decide(part, captured, Verdict::Unjudged)?;
+            let verdict = self.policy.verdict();
+            self.expired.insert(key, (now, verdict));
+            self.decide(part, captured, verdict)?;
         }
         // A late verdict normally follows within a frame or two; one that never comes (its
         // thread died) must not keep the entry forever.
         if self.expired.len() > 4096 {
             let horizon = self.timing.delay + self.timing.pulse + Duration::from_secs(60);
             self.expired
-                .retain(|_, decided| now.saturating_duration_since(*decided) < horizon);
+                .retain(|_, (decided, _)| now.saturating_duration_since(*decided) < horizon);
         }
         Ok(())
     }
@@ -337,21 +320,15 @@ impl<P: OutputPin, C: Clock> RejectScheduler<P, C> {
         verdict: Verdict,
     ) -> Result<Scheduled, ActuateError> {
         self.stats.parts += 1;
-        let fire = match verdict {
-            Verdict::Pass => false,
-            Verdict::Reject => true,
-            Verdict::Unjudged => match self.policy {
-                FailSafePolicy::Reject => {
-                    self.stats.failsafe_rejects += 1;
-                    true
-                }
-                FailSafePolicy::Pass => {
-                    self.stats.failsafe_passes += 1;
-                    log::warn!("part {part}: not judged, passed by the fail-safe policy");
-                    false
-                }
-            },
-        };
+        match verdict {
+            Verdict::FailsafeReject => self.stats.failsafe_rejects += 1,
+            Verdict::FailsafePass => {
+                self.stats.failsafe_passes += 1;
+                log::warn!("part {part}: not judged, passed by the fail-safe policy");
+            }
+            Verdict::Pass | Verdict::Reject => {}
+        }
+        let fire = verdict.rejects();
         if !fire {
             return Ok(Scheduled::Pass);
         }

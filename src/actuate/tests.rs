@@ -319,7 +319,7 @@ fn unjudged_parts_are_rejected_by_default_policy() {
     );
     r.clock.set(ms(1200));
     r.sched
-        .submit(0, ms(1000), Verdict::Unjudged)
+        .submit(0, ms(1000), FailSafePolicy::Reject.verdict())
         .expect("submit");
     r.sched.submit(1, ms(1100), Verdict::Pass).expect("submit");
     let (stats, pulses) = r.finish();
@@ -333,7 +333,7 @@ fn unjudged_parts_pass_under_pass_policy() {
     r.clock.set(ms(1200));
     assert_eq!(
         r.sched
-            .submit(0, ms(1000), Verdict::Unjudged)
+            .submit(0, ms(1000), FailSafePolicy::Pass.verdict())
             .expect("submit"),
         Scheduled::Pass
     );
@@ -395,7 +395,10 @@ fn an_armed_part_without_a_verdict_is_failed_safe_at_its_deadline_in_time_for_it
     r.run_until(ms(1400));
     assert_eq!(
         r.sched.submit(0, ms(1000), Verdict::Pass).expect("late"),
-        Scheduled::Expired { decided: ms(1100) }
+        Scheduled::Expired {
+            decided: ms(1100),
+            verdict: Verdict::FailsafeReject
+        }
     );
     let (stats, pulses) = r.finish();
     assert_eq!(pulses, [pulse(1300, 1350)]);
@@ -452,7 +455,10 @@ fn a_verdict_racing_the_deadline_loses_and_the_part_is_counted_once() {
     r.clock.set(ms(1101));
     assert_eq!(
         r.sched.submit(7, ms(1000), Verdict::Pass).expect("submit"),
-        Scheduled::Expired { decided: ms(1101) }
+        Scheduled::Expired {
+            decided: ms(1101),
+            verdict: Verdict::FailsafeReject
+        }
     );
     let (stats, pulses) = r.finish();
     assert_eq!(pulses, [pulse(1300, 1350)]);
@@ -466,7 +472,10 @@ fn expired_parts_pass_under_pass_policy_and_leftovers_fail_safe_on_drain() {
     r.run_until(ms(1200));
     assert_eq!(
         r.sched.submit(0, ms(1000), Verdict::Reject).expect("late"),
-        Scheduled::Expired { decided: ms(1100) }
+        Scheduled::Expired {
+            decided: ms(1100),
+            verdict: Verdict::FailsafePass
+        }
     );
     let (stats, pulses) = r.finish();
     assert!(pulses.is_empty());
@@ -618,7 +627,7 @@ fn dropping_the_worker_drains_too() {
     let (clock, timing) = (MonotonicClock::new(), timing_ms(10, 10));
     let (worker, record) = real_clock_worker(timing);
     worker
-        .submit(0, clock.now(), Verdict::Unjudged)
+        .submit(0, clock.now(), FailSafePolicy::Reject.verdict())
         .expect("submit");
     drop(worker);
     assert_eq!(record.pulses().len(), 1);
@@ -633,15 +642,6 @@ fn log_pin_tracks_its_state() {
     assert_eq!(p.is_set_high(), Ok(true));
     assert_eq!(p.set_low(), Ok(()));
     assert_eq!(p.is_set_low(), Ok(true));
-}
-
-#[test]
-fn engine_verdicts_convert() {
-    assert_eq!(Verdict::from(crate::decide::Verdict::Pass), Verdict::Pass);
-    assert_eq!(
-        Verdict::from(crate::decide::Verdict::Reject),
-        Verdict::Reject
-    );
 }
 
 #[cfg(target_os = "linux")]

@@ -20,9 +20,7 @@ use crate::capture::decode::{
 use crate::capture::{CaptureError, Frame, FrameSource};
 use crate::clock::{Clock, MonotonicClock, Timestamp};
 use crate::config::ReplayConfig;
-
-/// File extensions the replay source plays (case-insensitive).
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
+use ustad_core::images::{self, IMAGE_EXTENSIONS};
 
 /// Plays a folder of images as frames.
 #[derive(Debug)]
@@ -188,55 +186,19 @@ impl<C: Clock> FrameSource for ReplaySource<C> {
     }
 }
 
-fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
-}
-
-/// All image files under `root`, recursively, sorted by path. Hidden entries (`.name`) are
-/// left out: editors and file managers leave such files next to images.
+/// All image files under `root` (the one walker of [`ustad_core::images`]: recursive, sorted by
+/// path, hidden entries and non-regular files left out).
 fn list_images(root: &Path) -> Result<Vec<PathBuf>, CaptureError> {
-    let meta = std::fs::metadata(root).map_err(|e| CaptureError::Replay {
+    let replay_error = |message: String| CaptureError::Replay {
         path: root.to_path_buf(),
-        message: format!("cannot open: {e}"),
-    })?;
-    if !meta.is_dir() {
-        return Err(CaptureError::Replay {
-            path: root.to_path_buf(),
-            message: "is not a folder".into(),
-        });
+        message,
+    };
+    match std::fs::metadata(root) {
+        Err(e) => return Err(replay_error(format!("cannot open: {e}"))),
+        Ok(meta) if !meta.is_dir() => return Err(replay_error("is not a folder".into())),
+        Ok(_) => {}
     }
-    let mut files = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| CaptureError::Replay {
-            path: dir.clone(),
-            message: format!("cannot list: {e}"),
-        })?;
-        for entry in entries {
-            let entry = entry.map_err(|e| CaptureError::Replay {
-                path: dir.clone(),
-                message: format!("cannot list: {e}"),
-            })?;
-            let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            // Follow symlinks: a replay folder is often a set of links into an archive. Only
-            // regular files are frames: a FIFO would block, a device would never end.
-            let meta = std::fs::metadata(&path).ok();
-            if meta.as_ref().is_some_and(|m| m.is_dir()) {
-                stack.push(path);
-            } else if meta.as_ref().is_some_and(|m| m.is_file()) && is_image(&path) {
-                files.push(path);
-            } else if is_image(&path) {
-                log::warn!("replay: skipping {}: not a regular file", path.display());
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
+    images::collect_images(&[root.to_path_buf()]).map_err(|e| replay_error(e.to_string()))
 }
 
 #[cfg(test)]

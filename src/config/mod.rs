@@ -34,11 +34,13 @@ mod raw;
 mod types;
 mod validate;
 
-/// Inference precision (`f32`, `f16`, `int8`): the bundle's own type, so the two cannot drift.
-pub use crate::bundle::Precision;
 pub use error::{ConfigError, Location};
 pub use raw::DEFAULT_FRAME_BUDGET;
 pub use types::*;
+/// Inference precision (`f32`, `f16`, `int8`): the bundle's own type, so the two cannot drift.
+pub use ustad_core::bundle::Precision;
+/// The fail-safe policy (`failsafe.policy`): the judge's own type, applied in one place.
+pub use ustad_core::judge::decide::FailSafePolicy;
 
 // The sibling modules' shared internals (each file does `use super::*`).
 use raw::*;

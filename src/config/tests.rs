@@ -276,7 +276,7 @@ fn load_names_the_file() {
 fn precision_is_the_bundle_precision() {
     let text = MINIMAL.replace("[model]", "[model]\nprecision = \"int8\"");
     let cfg = Config::from_str(&text).expect("int8");
-    assert_eq!(cfg.model.precision, crate::bundle::Precision::Int8);
+    assert_eq!(cfg.model.precision, ustad_core::bundle::Precision::Int8);
     let e = err(&MINIMAL.replace("[model]", "[model]\nprecision = \"f64\""));
     assert_eq!(
         (e.line(), e.field()),

@@ -211,17 +211,6 @@ pub struct FailSafeConfig {
     pub frame_budget: Duration,
 }
 
-/// Fail-safe policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FailSafePolicy {
-    /// Reject parts that could not be judged: nothing unchecked ships (default).
-    #[default]
-    Reject,
-    /// Pass them: for lines where a wrong reject costs more than a missed defect.
-    Pass,
-}
-
 /// Archive of rejected frames and per-part records.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArchiveConfig {

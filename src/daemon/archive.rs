@@ -20,7 +20,7 @@ use image::RgbImage;
 use serde::Serialize;
 
 use crate::config::ArchiveConfig;
-use crate::heatmap;
+use ustad_core::judge::heatmap;
 
 /// Smallest rotation size of the JSON-lines files, so a tiny budget does not mean one file
 /// per part.
@@ -133,24 +133,18 @@ pub struct OverlaySource {
     pub threshold: f32,
 }
 
-/// Renders the overlay the live page and the archive show: cool below a third of the
-/// threshold, red from 1.5× the threshold, so the threshold sits in the yellow.
+/// Renders the overlay the live page and the archive show, on the colour scale of
+/// [`heatmap::overlay_at_threshold`].
 pub fn render_overlay(src: &OverlaySource) -> RgbImage {
     if src.map.is_empty() || src.map.len() != src.map_width * src.map_height {
         return (*src.image).clone();
     }
-    let t = if src.threshold.is_finite() && src.threshold > 0.0 {
-        src.threshold
-    } else {
-        1.0
-    };
-    heatmap::overlay(
+    heatmap::overlay_at_threshold(
         &src.image,
         &src.map,
         src.map_width,
         src.map_height,
-        t / 3.0,
-        t * 1.5,
+        src.threshold,
     )
 }
 

@@ -509,7 +509,7 @@ mod tests {
         assert_eq!(get(addr, "/latest.png").0, 404);
         metrics.part_decided(
             &super::super::metrics::PartEvent {
-                verdict: super::super::metrics::VerdictKind::Pass,
+                verdict: ustad_core::judge::decide::Verdict::Pass,
                 reason: None,
                 to_verdict: Duration::from_millis(1),
                 to_actuator: Duration::from_millis(1),
@@ -518,7 +518,7 @@ mod tests {
             super::super::metrics::LastPart {
                 part: 0,
                 origin: "x".into(),
-                verdict: super::super::metrics::VerdictKind::Pass,
+                verdict: ustad_core::judge::decide::Verdict::Pass,
                 score: Some(0.1),
             },
             Some(super::super::metrics::LatestFrame {

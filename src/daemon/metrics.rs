@@ -15,6 +15,7 @@ use image::RgbImage;
 use serde::Serialize;
 
 use crate::actuate::{ActuatorStats, StatsHandle};
+use ustad_core::judge::decide::Verdict;
 
 /// Upper bounds (seconds) of the latency histogram buckets: from well under a frame period to
 /// beyond any sensible reject delay, so both a fast workstation and a struggling Pi are visible.
@@ -25,43 +26,6 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// At most this many latency samples are kept for the exact percentiles of the exit summary
 /// (8 MB); the histograms keep counting beyond it.
 const MAX_SAMPLES: usize = 1 << 20;
-
-/// How a part was decided: the label of `ustad_verdicts_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VerdictKind {
-    /// Judged good.
-    Pass,
-    /// Judged defective.
-    Reject,
-    /// Not judged; rejected by the fail-safe policy.
-    FailsafeReject,
-    /// Not judged; passed by the fail-safe policy.
-    FailsafePass,
-}
-
-impl VerdictKind {
-    /// The label / JSON value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VerdictKind::Pass => "pass",
-            VerdictKind::Reject => "reject",
-            VerdictKind::FailsafeReject => "failsafe_reject",
-            VerdictKind::FailsafePass => "failsafe_pass",
-        }
-    }
-
-    /// Whether the part is kicked off the belt.
-    pub fn rejects(self) -> bool {
-        matches!(self, VerdictKind::Reject | VerdictKind::FailsafeReject)
-    }
-}
-
-impl fmt::Display for VerdictKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Why a part could not be judged: the label of `ustad_failsafe_events_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -204,7 +168,7 @@ pub struct LastPart {
     /// Where its frame came from.
     pub origin: String,
     /// How it was decided.
-    pub verdict: VerdictKind,
+    pub verdict: Verdict,
     /// Image score, when judged.
     pub score: Option<f32>,
 }
@@ -213,7 +177,7 @@ pub struct LastPart {
 #[derive(Debug, Clone)]
 pub struct PartEvent {
     /// How it was decided.
-    pub verdict: VerdictKind,
+    pub verdict: Verdict,
     /// Why it was not judged, for fail-safe verdicts.
     pub reason: Option<FailReason>,
     /// Capture → verdict.
@@ -229,7 +193,7 @@ struct Inner {
     frames: u64,
     source_errors: u64,
     parts: u64,
-    verdicts: BTreeMap<VerdictKind, u64>,
+    verdicts: BTreeMap<Verdict, u64>,
     failsafe: BTreeMap<FailReason, u64>,
     latency_verdict: Histogram,
     latency_actuator: Histogram,
@@ -558,10 +522,10 @@ impl Metrics {
             "# HELP ustad_verdicts_total Parts by verdict.\n# TYPE ustad_verdicts_total counter\n",
         );
         for kind in [
-            VerdictKind::Pass,
-            VerdictKind::Reject,
-            VerdictKind::FailsafeReject,
-            VerdictKind::FailsafePass,
+            Verdict::Pass,
+            Verdict::Reject,
+            Verdict::FailsafeReject,
+            Verdict::FailsafePass,
         ] {
             let v = m.verdicts.get(&kind).copied().unwrap_or(0);
             let _ = writeln!(out, "ustad_verdicts_total{{verdict=\"{kind}\"}} {v}");
@@ -686,7 +650,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Parts with this verdict.
-    pub fn verdict(&self, kind: VerdictKind) -> u64 {
+    pub fn verdict(&self, kind: Verdict) -> u64 {
         self.verdicts.get(kind.as_str()).copied().unwrap_or(0)
     }
 
@@ -706,10 +670,10 @@ impl fmt::Display for Snapshot {
         writeln!(
             f,
             "verdicts: pass {}  reject {}  fail-safe reject {}  fail-safe pass {}",
-            self.verdict(VerdictKind::Pass),
-            self.verdict(VerdictKind::Reject),
-            self.verdict(VerdictKind::FailsafeReject),
-            self.verdict(VerdictKind::FailsafePass)
+            self.verdict(Verdict::Pass),
+            self.verdict(Verdict::Reject),
+            self.verdict(Verdict::FailsafeReject),
+            self.verdict(Verdict::FailsafePass)
         )?;
         if !self.failsafe.is_empty() {
             let reasons: Vec<String> = self
@@ -741,9 +705,9 @@ mod tests {
 
     fn decide(m: &Metrics, reason: Option<FailReason>) {
         let verdict = if reason.is_some() {
-            VerdictKind::FailsafeReject
+            Verdict::FailsafeReject
         } else {
-            VerdictKind::Pass
+            Verdict::Pass
         };
         let event = PartEvent {
             verdict,
@@ -805,7 +769,7 @@ mod tests {
         let m = Metrics::new(Duration::from_secs(5));
         m.frame_arrived();
         let event = PartEvent {
-            verdict: VerdictKind::FailsafeReject,
+            verdict: Verdict::FailsafeReject,
             reason: Some(FailReason::Corrupt),
             to_verdict: Duration::from_millis(30),
             to_actuator: Duration::from_millis(31),

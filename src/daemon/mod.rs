@@ -38,14 +38,14 @@ use crossbeam_channel::Sender;
 
 use crate::actuate::trigger::Trigger;
 use crate::actuate::{LogPin, PinRecord, PulseTiming, RecordingPin, RejectScheduler, RejectWorker};
-use crate::bundle::Bundle;
 use crate::capture::{self, CaptureError, FrameSource, ReplaySource};
 use crate::clock::{Clock, MonotonicClock};
 use crate::config::{
     ActuatorConfig, CameraConfig, Config, ConfigError, FailSafePolicy, ModelConfig, RejectConfig,
     TriggerConfig,
 };
-use crate::infer::{Engine, EngineError, EngineOptions};
+use ustad_core::bundle::Bundle;
+use ustad_core::engine::{Engine, EngineError, EngineOptions};
 
 use self::http::HttpServer;
 use self::metrics::{Metrics, Snapshot};

@@ -41,16 +41,16 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use image::{DynamicImage, RgbImage};
 
 use crate::actuate::trigger::TriggerEvent;
-use crate::actuate::{RejectWorker, Scheduled, Verdict};
+use crate::actuate::{RejectWorker, Scheduled};
 use crate::capture::{Backoff, CaptureError, Frame, FrameSource};
 use crate::clock::{Clock, Timestamp};
 use crate::config::{ArchiveConfig, FailSafePolicy, ModelConfig, Roi};
-use crate::decide;
-use crate::infer::Engine;
-use crate::preprocess;
+use ustad_core::engine::Engine;
+use ustad_core::judge::decide;
+use ustad_core::judge::preprocess;
 
 use super::archive::{Archive, OverlaySource, PartRecord, Timings};
-use super::metrics::{FailReason, LastPart, LatestFrame, Metrics, PartEvent, VerdictKind};
+use super::metrics::{FailReason, LastPart, LatestFrame, Metrics, PartEvent};
 use super::notify::{Notifier, WatchdogPacer};
 use super::pairing::{Pairing, TriggerPairer};
 
@@ -628,64 +628,58 @@ pub(crate) struct Verdicts {
 impl Verdicts {
     /// The one place a part gets its verdict: actuator, metrics, archive, log.
     fn finish(&self, mut o: Outcome, live: &Live) {
-        let actuate = match &o.result {
-            Ok(verdict) => Verdict::from(*verdict),
-            Err(_) => Verdict::Unjudged,
+        let mut verdict = match &o.result {
+            Ok(judged) => *judged,
+            Err(_) => live.policy.verdict(),
         };
         let mut commanded = self.clock.now();
-        match self.worker.submit(o.part, o.captured, actuate) {
+        match self.worker.submit(o.part, o.captured, verdict) {
             Err(e) => log::error!("part {} ({}): actuator unavailable: {e}", o.part, o.origin),
-            Ok(Scheduled::Expired { decided }) => {
+            Ok(Scheduled::Expired {
+                decided,
+                verdict: applied,
+            }) => {
                 // The scheduler applied the fail-safe at the deadline; that is what happened
                 // to the part, whatever the engine said later.
                 commanded = decided;
-                if let Ok(verdict) = &o.result {
+                if let Ok(judged) = &o.result {
                     let late = o.decided.saturating_duration_since(o.captured);
                     o.result = Err((
                         FailReason::OverBudget,
                         format!(
-                            "verdict {verdict} came {} ms after capture, after the part's \
+                            "verdict {judged} came {} ms after capture, after the part's \
                              deadline ({} ms); the fail-safe had been applied",
                             late.as_millis(),
                             live.budget.as_millis()
                         ),
                     ));
                 }
+                verdict = applied;
             }
             Ok(_) => {}
         }
-        let (kind, reason) = match &o.result {
-            Ok(decide::Verdict::Pass) => (VerdictKind::Pass, None),
-            Ok(decide::Verdict::Reject) => (VerdictKind::Reject, None),
-            Err((reason, _)) => (
-                match live.policy {
-                    FailSafePolicy::Reject => VerdictKind::FailsafeReject,
-                    FailSafePolicy::Pass => VerdictKind::FailsafePass,
-                },
-                Some(*reason),
-            ),
-        };
+        let reason = o.result.as_ref().err().map(|(reason, _)| *reason);
         let to_verdict = o.decided - o.captured;
         let to_actuator = commanded - o.captured;
         match &o.result {
-            Ok(decide::Verdict::Reject) => log::info!(
+            Err((reason, detail)) => log::warn!(
+                "part {} ({}): not judged ({reason}: {detail}); fail-safe: {}",
+                o.part,
+                o.origin,
+                if verdict.rejects() { "reject" } else { "pass" }
+            ),
+            Ok(_) if verdict.rejects() => log::info!(
                 "part {} ({}): reject, score {:.3} >= {:.3}",
                 o.part,
                 o.origin,
                 o.score.unwrap_or(f32::NAN),
                 o.threshold
             ),
-            Ok(decide::Verdict::Pass) => log::debug!(
+            Ok(_) => log::debug!(
                 "part {} ({}): pass, score {:.3}",
                 o.part,
                 o.origin,
                 o.score.unwrap_or(f32::NAN)
-            ),
-            Err((reason, detail)) => log::warn!(
-                "part {} ({}): not judged ({reason}: {detail}); fail-safe: {}",
-                o.part,
-                o.origin,
-                if kind.rejects() { "reject" } else { "pass" }
             ),
         }
         let latest = o.view.as_ref().map(|(image, map, w, h)| LatestFrame {
@@ -697,7 +691,7 @@ impl Verdicts {
         });
         self.metrics.part_decided(
             &PartEvent {
-                verdict: kind,
+                verdict,
                 reason,
                 to_verdict,
                 to_actuator,
@@ -706,7 +700,7 @@ impl Verdicts {
             LastPart {
                 part: o.part,
                 origin: o.origin.clone(),
-                verdict: kind,
+                verdict,
                 score: o.score,
             },
             latest.clone(),
@@ -721,7 +715,7 @@ impl Verdicts {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0),
-                verdict: kind.as_str().to_string(),
+                verdict: verdict.as_str().to_string(),
                 score: o.score.filter(|s| s.is_finite()),
                 threshold: o.threshold,
                 reason: reason.map(|r| r.as_str().to_string()),
@@ -733,7 +727,7 @@ impl Verdicts {
                 },
                 image: None,
             };
-            let overlay = latest.filter(|_| kind.rejects()).map(|l| OverlaySource {
+            let overlay = latest.filter(|_| verdict.rejects()).map(|l| OverlaySource {
                 image: l.image,
                 map: l.map,
                 map_width: l.map_width,

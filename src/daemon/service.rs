@@ -112,7 +112,7 @@ pub fn check_config(path: &Path) -> Result<String, ConfigError> {
         field: field.into(),
         message,
     };
-    let bundle = crate::bundle::Bundle::load(&config.model.bundle)
+    let bundle = ustad_core::bundle::Bundle::load(&config.model.bundle)
         .map_err(|e| unusable("model.bundle", e.to_string()))?;
     let _ = writeln!(
         out,

@@ -21,6 +21,7 @@
 use rayon::slice::ParallelSliceMut;
 use serde::Serialize;
 use thiserror::Error;
+pub use ustad_core::plot::CurvePoint;
 
 use super::components::{checked_area, label_into};
 
@@ -265,18 +266,6 @@ pub fn image_auroc_interval(scores: &[f32], labels: &[bool]) -> Result<AurocInte
         high: (auroc + Z95 * standard_error).min(1.0),
         level: 0.95,
     })
-}
-
-/// One point of a ROC or PRO curve.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct CurvePoint {
-    /// Everything scoring `>= threshold` is flagged. The first point of a curve, where nothing
-    /// is flagged yet, carries `f32::INFINITY` (serialised as `null` in JSON).
-    pub threshold: f32,
-    /// False-positive rate: fraction of good samples (or defect-free pixels) flagged.
-    pub fpr: f64,
-    /// True-positive rate for a ROC curve, per-region overlap for a PRO curve.
-    pub y: f64,
 }
 
 /// Image-level ROC curve, one point per distinct score plus the origin.

@@ -4,23 +4,18 @@
 //!   deployed threshold — all exact, with ties counted one half.
 //! - [`components`]: 8-connected labelling of ground-truth masks, the "regions" AU-PRO averages
 //!   over.
-//! - [`plot`]: ROC and PRO curves as PNG, with no font or plotting dependency.
 //! - [`run`]: the `ustad eval` pipeline: MVTec test split → engine → report, curves, overlays.
 //!
 //! `ustad eval` is the consumer: it scores a test split, builds one [`PixelEval`] from all maps,
-//! and writes the numbers and the plots.
+//! and writes the numbers and the plots (drawn by [`ustad_core::plot`], which the trainer's loss
+//! curves share).
 
 pub mod components;
 pub mod metrics;
-pub mod plot;
 pub mod run;
 
 pub use components::{Components, connected_components};
 pub use metrics::{
     AurocInterval, CurvePoint, MapSample, Mask, MetricError, Mistakes, PixelEval, ThresholdReport,
     area_under, au_pro, image_auroc, image_auroc_interval, mistakes, pixel_auroc, roc_curve,
-};
-pub use plot::{
-    PlotError, PlotStyle, Series, render_pro, render_roc, render_series, write_pro_png,
-    write_roc_png, write_series_png,
 };

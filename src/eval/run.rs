@@ -27,12 +27,12 @@ use super::metrics::{
     AurocInterval, MapSample, Mask, MetricError, PixelEval, ThresholdReport, image_auroc,
     image_auroc_interval, mistakes, roc_curve,
 };
-use super::plot::{PlotError, PlotStyle, write_pro_png, write_roc_png};
-use crate::bundle::InputSpec;
-use crate::dataset::{self, DatasetError, IMAGE_EXTENSIONS};
-use crate::heatmap;
-use crate::infer::{Engine, EngineError};
-use crate::preprocess;
+use ustad_core::engine::{Engine, EngineError};
+use ustad_core::images::{self, DatasetError, IMAGE_EXTENSIONS};
+use ustad_core::judge::heatmap;
+use ustad_core::judge::preprocess;
+use ustad_core::judge::preprocess::InputSpec;
+use ustad_core::plot::{PlotError, PlotStyle, write_pro_png, write_roc_png};
 
 /// The FPR up to which AU-PRO is integrated (MVTec AD convention, DESIGN.md §3).
 pub const DEFAULT_FPR_LIMIT: f64 = 0.3;
@@ -137,7 +137,7 @@ pub fn load_test_split(data: &Path, limit: Option<usize>) -> Result<Vec<TestImag
         }
         files
     };
-    let mut out: Vec<TestImage> = take(dataset::images_in(&good)?)
+    let mut out: Vec<TestImage> = take(images::images_in(&good)?)
         .into_iter()
         .map(|path| TestImage {
             path,
@@ -169,7 +169,7 @@ pub fn load_test_split(data: &Path, limit: Option<usize>) -> Result<Vec<TestImag
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        for path in take(dataset::images_in(&dir)?) {
+        for path in take(images::images_in(&dir)?) {
             let mask = find_mask(&truth.join(&category), &path)?;
             out.push(TestImage {
                 path,
@@ -622,7 +622,6 @@ pub fn write_outputs(
         .enumerate()
         .map(|(i, image)| (image.file.as_path(), i))
         .collect();
-    let high = evaluation.threshold.max(1e-3) * 1.5;
     let groups = [
         ("false_reject", &mut report.examples.false_rejects),
         ("escape", &mut report.examples.escapes),
@@ -638,13 +637,12 @@ pub fn write_outputs(
                 evaluation.max_pixels,
             )?;
             let rgb = preprocess::resize_rgb(&picture, &evaluation.input);
-            let mut overlay = heatmap::overlay(
+            let mut overlay = heatmap::overlay_at_threshold(
                 &rgb,
                 &evaluation.maps[i],
                 evaluation.width,
                 evaluation.height,
-                0.0,
-                high,
+                evaluation.threshold,
             );
             if let Some(mask) = &evaluation.masks[i] {
                 outline_mask(&mut overlay, mask, evaluation.width, evaluation.height);

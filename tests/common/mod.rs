@@ -4,11 +4,13 @@
 
 use std::path::Path;
 
-use ustad::arch::DESCRIPTOR_DIM;
-use ustad::bundle::{Bundle, Decision, ImageScoreRule, InputSpec, Provenance};
-use ustad::export::{ChannelNorm, ScaleExport, TeacherExport, write_bundle};
-use ustad::score::Calibration;
-use ustad::weights::NetworkWeights;
+use ustad_core::bundle::onnx::{ChannelNorm, ScaleExport, TeacherExport, write_bundle};
+use ustad_core::bundle::{Bundle, Provenance};
+use ustad_core::judge::decide::{Decision, ImageScoreRule};
+use ustad_core::judge::preprocess::InputSpec;
+use ustad_core::judge::score::Calibration;
+use ustad_core::networks::arch::DESCRIPTOR_DIM;
+use ustad_core::networks::weights::NetworkWeights;
 
 /// Networks and statistics of a random bundle, kept so tests can recompute by hand.
 pub struct RandomScale {

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use ustad::bundle::{Bundle, Decision};
-use ustad::calibrate::{ThresholdChoice, threshold_from_good};
-use ustad::infer::{Engine, EngineOptions};
-use ustad::score::{Calibration, RunningStats};
+use ustad_core::bundle::Bundle;
+use ustad_core::engine::{Engine, EngineOptions};
+use ustad_core::judge::decide::Decision;
+use ustad_core::judge::score::{Calibration, RunningStats};
+use ustad_core::judge::threshold::{ThresholdChoice, threshold_from_good};
 
 /// What a recalibration found and wrote.
 #[derive(Debug, Clone, Serialize)]
@@ -71,7 +72,7 @@ pub fn recalibrate(options: &RecalibrateOptions) -> Result<RecalibrationReport> 
     } = *options;
     let mut bundle = Bundle::load(bundle_dir)?;
     let previous_threshold = bundle.manifest.decision.threshold;
-    let good_files = ustad::dataset::images_in(good)?;
+    let good_files = ustad_core::images::images_in(good)?;
     if let Some(weight) = options.variance_weight {
         if !(weight.is_finite() && weight >= 0.0) {
             bail!("--variance-weight {weight}: must be a finite number >= 0");
@@ -111,7 +112,7 @@ pub fn recalibrate(options: &RecalibrateOptions) -> Result<RecalibrationReport> 
     let good_scores = scores(&mut engine, &good_files)?;
     let choice = threshold_from_good(&good_scores, target_false_reject_rate, margin)?;
     let bad_scores = match bad {
-        Some(dir) => scores(&mut engine, &ustad::dataset::images_in(dir)?)?,
+        Some(dir) => scores(&mut engine, &ustad_core::images::images_in(dir)?)?,
         None => Vec::new(),
     };
     let escapes = bad_scores.iter().filter(|&&s| s < choice.threshold).count();

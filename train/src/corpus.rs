@@ -11,7 +11,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum CorpusError {
     #[error(transparent)]
-    Dataset(#[from] ustad::dataset::DatasetError),
+    Dataset(#[from] ustad_core::images::DatasetError),
     #[error("{path}: none of the {count} image files could be decoded (first error: {first})")]
     NothingDecoded {
         path: PathBuf,
@@ -32,7 +32,7 @@ impl Corpus {
     /// Decodes every image under `dir` in parallel. Unreadable files are skipped and listed
     /// (a photo corpus with one broken JPEG is still a corpus); an empty folder is an error.
     pub fn load(dir: &Path, progress: bool) -> Result<Self, CorpusError> {
-        let files = ustad::dataset::images_in(dir)?;
+        let files = ustad_core::images::images_in(dir)?;
         let bar = if progress {
             ProgressBar::new(files.len() as u64)
         } else {

@@ -27,16 +27,37 @@ use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::*;
 
 use crate::net::PatchNet;
-use ustad::arch::{DESCRIPTOR_DIM, Mode};
-use ustad::bundle::{Bundle, Decision, ImageScoreRule, InputSpec, Provenance};
-use ustad::calibrate::threshold_from_good;
-use ustad::export::{
+use ustad_core::bundle::onnx::{
     ChannelNorm, FeatureTap, FeatureTeacher, GraphSpec, Projection, ScaleExport, TeacherExport,
     Whitening, network_graph, save_model, student_graph, teacher_graph, write_bundle,
 };
-use ustad::infer::{Engine, EngineOptions};
-use ustad::score::{Calibration, RunningStats};
-use ustad::weights::NetworkWeights;
+use ustad_core::bundle::{Bundle, Provenance};
+use ustad_core::engine::{Engine, EngineOptions};
+use ustad_core::judge::decide::{Decision, ImageScoreRule};
+use ustad_core::judge::preprocess::InputSpec;
+use ustad_core::judge::score::{Calibration, RunningStats};
+use ustad_core::judge::threshold::threshold_from_good;
+use ustad_core::networks::arch::{DESCRIPTOR_DIM, Mode};
+use ustad_core::networks::weights::NetworkWeights;
+
+/// Which graphs `ustad-train fit` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ExportPrecision {
+    /// Only the f32 graphs.
+    F32,
+    /// f32 graphs (always needed) plus the int8 QOperator graphs.
+    Int8,
+    /// Same as `int8`: f32 and int8 graphs.
+    #[default]
+    Both,
+}
+
+impl ExportPrecision {
+    /// Whether int8 graphs are written.
+    pub fn int8(self) -> bool {
+        matches!(self, Self::Int8 | Self::Both)
+    }
+}
 
 /// A scale of a preset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +70,7 @@ pub struct PresetScale {
     pub teacher: TeacherKind,
     /// The students' hidden widths are the paper's divided by this (1, 2, 4, 8): a student
     /// must match the teacher's receptive field and grid, not its width.
-    #[serde(default = "ustad::arch::paper_widths")]
+    #[serde(default = "ustad_core::networks::arch::paper_widths")]
     pub student_channel_divisor: usize,
 }
 
@@ -57,8 +78,9 @@ impl PresetScale {
     /// The architecture of this scale's students.
     pub fn student_architecture(
         &self,
-    ) -> Result<ustad::arch::Architecture, ustad::arch::ArchError> {
-        ustad::arch::Architecture::new(self.patch_size, self.student_channel_divisor)
+    ) -> Result<ustad_core::networks::arch::Architecture, ustad_core::networks::arch::ArchError>
+    {
+        ustad_core::networks::arch::Architecture::new(self.patch_size, self.student_channel_divisor)
     }
 }
 
@@ -142,7 +164,7 @@ pub struct Preset {
     /// paper's `e + v`, 0 scores by the regression error alone.
     #[serde(default = "Calibration::paper_variance_weight")]
     pub variance_weight: f32,
-    /// Whiten each scale's residual (`ustad::export::whitening`): the error becomes the
+    /// Whiten each scale's residual (`ustad_core::bundle::onnx::whitening`): the error becomes the
     /// Mahalanobis distance of the students' residual on good parts.
     #[serde(default)]
     pub whiten_residual: bool,
@@ -280,7 +302,7 @@ pub struct FitOptions {
     pub resume: bool,
     pub progress: bool,
     /// Which graphs to export (f32 always; int8 QOperator graphs too unless `F32`).
-    pub precision: ustad::quantize::ExportPrecision,
+    pub precision: ExportPrecision,
 }
 
 /// What a fit measured.
@@ -350,7 +372,7 @@ fn load_inputs(paths: &[PathBuf], spec: &InputSpec, bar: &ProgressBar) -> Result
             let image = image::open(path)
                 .with_context(|| format!("{}: unreadable image", path.display()))?;
             bar.inc(1);
-            Ok(ustad::preprocess::to_input(&image, spec))
+            Ok(ustad_core::judge::preprocess::to_input(&image, spec))
         })
         .collect()
 }
@@ -469,7 +491,7 @@ struct FitCheckpoint {
     epoch: usize,
     seed: u64,
     /// The students' widths: resuming into other widths would load mismatched tensors.
-    #[serde(default = "ustad::arch::paper_widths")]
+    #[serde(default = "ustad_core::networks::arch::paper_widths")]
     student_channel_divisor: usize,
     losses: Vec<Vec<f32>>,
 }
@@ -481,7 +503,7 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
     let (width, height) = (preset.width, preset.height);
     let spec = InputSpec::imagenet(width, height);
     let good = options.data.join("train/good");
-    let mut paths = ustad::dataset::images_in(&good).with_context(|| {
+    let mut paths = ustad_core::images::images_in(&good).with_context(|| {
         format!(
             "{}: expected MVTec AD layout (train/good)",
             options.data.display()
@@ -943,7 +965,7 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
                 .collect::<Result<_>>()?;
             let refs: Vec<&[f32]> = students.iter().map(|s| s.as_slice()).collect();
             let (mut e, mut v) = (vec![0.0; pixels], vec![0.0; pixels]);
-            ustad::score::error_and_variance(&t, &refs, DESCRIPTOR_DIM, &mut e, &mut v);
+            ustad_core::judge::score::error_and_variance(&t, &refs, DESCRIPTOR_DIM, &mut e, &mut v);
             let c = calibrations[i];
             for k in 0..pixels {
                 let ours = c.normalise(e[k], v[k]);
@@ -1023,8 +1045,8 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
     // QOperator graphs calibrated on up to 32 fit images, validated by `Bundle::load`, then a
     // parity report (f32 vs int8 bundle, both run by tract) into the provenance.
     if options.precision.int8() {
-        use ustad::bundle::{NetworkFiles, Precision};
-        use ustad::quantize::{activation_ranges, int8_graph};
+        use ustad_core::bundle::int8::{activation_ranges, int8_graph};
+        use ustad_core::bundle::{NetworkFiles, Precision};
         let calibration = &fit_images.inputs[..fit_images.inputs.len().min(32)];
         let mut bundle = Bundle::load(out)?;
         for (i, scale) in preset.scales.iter().enumerate() {

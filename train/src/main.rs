@@ -107,7 +107,7 @@ struct FitArgs {
     device: DeviceKind,
     /// Graphs to export: f32 only, or f32 plus int8 QOperator graphs (`int8` and `both` alike).
     #[arg(long, value_enum, default_value = "both")]
-    precision: ustad::quantize::ExportPrecision,
+    precision: ustad_train::fit::ExportPrecision,
 }
 
 #[derive(Args)]
@@ -297,10 +297,11 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Arch => {
-            for p in ustad::arch::PATCH_SIZES {
-                let arch = ustad::arch::Architecture::for_patch_size(p)?;
+            for p in ustad_core::networks::arch::PATCH_SIZES {
+                let arch = ustad_core::networks::arch::Architecture::for_patch_size(p)?;
                 for stride in arch.supported_strides() {
-                    let macs = arch.macs(ustad::arch::Mode::Image { stride }, 256, 256)?;
+                    let macs =
+                        arch.macs(ustad_core::networks::arch::Mode::Image { stride }, 256, 256)?;
                     println!(
                         "p={p:>2} stride={stride}: {:>7.2} GMAC per network on 256×256",
                         macs as f64 / 1e9

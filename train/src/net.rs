@@ -1,7 +1,7 @@
 //! The teacher/student network in burn, built from the library's architecture tables.
 //!
 //! One module holds the conv weights; [`PatchNet::forward`] evaluates them in any
-//! [`Mode`](ustad::arch::Mode) by following [`Architecture::plan`], the same plan the ONNX
+//! [`Mode`](ustad_core::networks::arch::Mode) by following [`Architecture::plan`], the same plan the ONNX
 //! exporter writes. Patch mode (teacher pretraining) and image mode (students, dense or strided)
 //! therefore share weights and geometry by construction.
 
@@ -12,8 +12,8 @@ use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use ustad::arch::{ArchError, Architecture, LEAKY_SLOPE, Mode, PlannedLayer};
-use ustad::weights::{ConvWeights, NetworkWeights, WeightsError};
+use ustad_core::networks::arch::{ArchError, Architecture, LEAKY_SLOPE, Mode, PlannedLayer};
+use ustad_core::networks::weights::{ConvWeights, NetworkWeights, WeightsError};
 
 /// A patch network (teacher or student) of receptive field `patch_size`.
 #[derive(Module, Debug)]

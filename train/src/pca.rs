@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 use thiserror::Error;
-use ustad::export::Projection;
+use ustad_core::bundle::onnx::Projection;
 
 #[derive(Debug, Error)]
 pub enum PcaError {

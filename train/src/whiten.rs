@@ -1,8 +1,8 @@
-//! The residual whitening of a fitted scale ([`ustad::export::Whitening`]), measured on good
+//! The residual whitening of a fitted scale ([`ustad_core::bundle::onnx::Whitening`]), measured on good
 //! images that neither trained the students nor calibrate the threshold.
 
 use thiserror::Error;
-use ustad::export::Whitening;
+use ustad_core::bundle::onnx::Whitening;
 
 use crate::pca::{standardised_covariance, symmetric_eigen};
 

@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tract_onnx::prelude::*;
 
-use ustad::weights::NetworkWeights;
+use ustad_core::networks::weights::NetworkWeights;
 use ustad_train::backbone::{BackboneConfig, FeatureBackbone};
 use ustad_train::teacher::dense::{dense_crop, dense_distillation_loss};
 use ustad_train::teacher::targets::{Grid, dense_target};
@@ -27,7 +27,7 @@ fn backbone_config() -> BackboneConfig {
 }
 
 fn photos(count: usize) -> Vec<RgbImage> {
-    let mut files = ustad::dataset::images_in(&shared().join("data/imagenet-sample")).unwrap();
+    let mut files = ustad_core::images::images_in(&shared().join("data/imagenet-sample")).unwrap();
     files.truncate(count);
     files
         .iter()

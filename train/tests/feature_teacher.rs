@@ -9,9 +9,10 @@ use common::shared;
 use image::{DynamicImage, RgbImage};
 use tract_onnx::prelude::*;
 
-use ustad::arch::{Architecture, Mode};
-use ustad::bundle::{Bundle, InputSpec};
-use ustad::export::{FeatureTap, FeatureTeacher, FeatureTeacherError, save_model};
+use ustad_core::bundle::Bundle;
+use ustad_core::bundle::onnx::{FeatureTap, FeatureTeacher, FeatureTeacherError, save_model};
+use ustad_core::judge::preprocess::InputSpec;
+use ustad_core::networks::arch::{Architecture, Mode};
 use ustad_train::backbone::{BackboneConfig, FeatureBackbone};
 use ustad_train::teacher::targets::{Grid, dense_target};
 
@@ -32,7 +33,7 @@ fn tap() -> FeatureTap {
 }
 
 fn mtd_tile(side: u32) -> RgbImage {
-    let files = ustad::dataset::images_in(&shared().join("data/mtd/train/good")).unwrap();
+    let files = ustad_core::images::images_in(&shared().join("data/mtd/train/good")).unwrap();
     let image = image::open(&files[0]).unwrap().to_rgb8();
     image::imageops::resize(&image, side, side, image::imageops::FilterType::Triangle)
 }
@@ -84,7 +85,7 @@ fn the_teacher_graph_equals_the_dense_targets_computed_directly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("teacher.onnx");
     save_model(&teacher.graph(&spec, 4, (mh, mw), None).unwrap(), &path).unwrap();
-    let input = ustad::preprocess::to_input(&DynamicImage::ImageRgb8(tile), &spec);
+    let input = ustad_core::judge::preprocess::to_input(&DynamicImage::ImageRgb8(tile), &spec);
     let graph = run(&path, &input, side);
 
     assert_eq!(graph.len(), direct.len());
@@ -121,13 +122,13 @@ fn a_missing_node_or_a_corrupt_backbone_names_the_problem() {
 #[test]
 fn a_bundle_with_a_feature_teacher_loads_and_scores() {
     use burn::tensor::Device;
-    use ustad::infer::{Engine, EngineOptions};
+    use ustad_core::engine::{Engine, EngineOptions};
     use ustad_train::fit::{FitOptions, Preset, TeacherKind, fit};
 
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("data/train/good");
     std::fs::create_dir_all(&good).unwrap();
-    let mut files = ustad::dataset::images_in(&shared().join("data/mtd/train/good")).unwrap();
+    let mut files = ustad_core::images::images_in(&shared().join("data/mtd/train/good")).unwrap();
     files.truncate(8);
     for f in &files {
         std::fs::copy(f, good.join(f.file_name().unwrap())).unwrap();
@@ -174,7 +175,7 @@ top_fraction = 0.01
         seed: 1,
         resume: false,
         progress: false,
-        precision: ustad::quantize::ExportPrecision::Both,
+        precision: ustad_train::fit::ExportPrecision::Both,
     };
     let report = fit(&options, &Device::flex().autodiff()).unwrap();
     assert!(
@@ -187,7 +188,7 @@ top_fraction = 0.01
     // Half-width students: recorded in the manifest and what the exported graphs hold (the
     // parity above compared them with burn's).
     assert_eq!(scale.student_channel_divisor, 2);
-    let costs = ustad::bench::scale_costs(&bundle).unwrap();
+    let costs = ustad_core::bundle::cost::scale_costs(&bundle).unwrap();
     assert!(
         costs[0].layers[0].layer.contains("3->64"),
         "{:?}",
@@ -204,7 +205,7 @@ top_fraction = 0.01
         .macs(mode, 64, 64)
         .unwrap();
     assert!(narrow * 3 < full, "{narrow} vs {full}");
-    let graphs = ustad::bench::network_macs(&bundle).unwrap();
+    let graphs = ustad_core::bundle::cost::network_macs(&bundle).unwrap();
     assert_eq!(
         &graphs[1..],
         &[narrow, narrow],

@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use ustad::bundle::Bundle;
-use ustad::calibrate::threshold_from_good;
-use ustad::infer::{Engine, EngineOptions};
-use ustad::weights::NetworkWeights;
+use ustad_core::bundle::Bundle;
+use ustad_core::engine::{Engine, EngineOptions};
+use ustad_core::judge::threshold::threshold_from_good;
+use ustad_core::networks::weights::NetworkWeights;
 use ustad_train::fit::{FitOptions, Preset, Schedule, channel_statistics, fit};
 
 fn mtd() -> PathBuf {
@@ -17,7 +17,7 @@ fn mtd() -> PathBuf {
 fn tiny_dataset(root: &Path, count: usize) -> PathBuf {
     let good = root.join("data/train/good");
     std::fs::create_dir_all(&good).unwrap();
-    let mut files = ustad::dataset::images_in(&mtd().join("train/good")).unwrap();
+    let mut files = ustad_core::images::images_in(&mtd().join("train/good")).unwrap();
     files.truncate(count);
     for f in &files {
         std::fs::copy(f, good.join(f.file_name().unwrap())).unwrap();
@@ -71,7 +71,7 @@ fn options(root: &Path, data: PathBuf) -> FitOptions {
         seed: 3,
         resume: false,
         progress: false,
-        precision: ustad::quantize::ExportPrecision::Both,
+        precision: ustad_train::fit::ExportPrecision::Both,
     }
 }
 
@@ -148,7 +148,7 @@ fn fit_exports_a_calibrated_bundle_that_scores_like_the_trainer() {
 fn report_validation_scores(engine: &mut Engine, options: &FitOptions) -> Vec<f32> {
     use rand::SeedableRng;
     use rand::seq::SliceRandom;
-    let mut paths = ustad::dataset::images_in(&options.data.join("train/good")).unwrap();
+    let mut paths = ustad_core::images::images_in(&options.data.join("train/good")).unwrap();
     paths.shuffle(&mut rand::rngs::StdRng::seed_from_u64(options.seed));
     let n_val = ((paths.len() as f64 * options.validation_fraction).ceil() as usize)
         .clamp(1, paths.len() - 1);

@@ -4,27 +4,10 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use tract_onnx::prelude::*;
 
-use ustad::arch::{Architecture, Mode, PATCH_SIZES};
-use ustad::export::{GraphSpec, network_graph, save_model};
-use ustad::reference::FeatureMap;
+use ustad_core::bundle::onnx::{GraphSpec, network_graph, save_model};
+use ustad_core::networks::arch::{Architecture, Mode, PATCH_SIZES};
+use ustad_core::networks::reference::FeatureMap;
 use ustad_train::net::{PatchNet, to_vec};
-
-fn random_image(height: usize, width: usize, seed: u64) -> FeatureMap {
-    let mut state = seed;
-    FeatureMap {
-        channels: 3,
-        height,
-        width,
-        data: (0..3 * height * width)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect(),
-    }
-}
 
 fn tensor(map: &FeatureMap, device: &Device) -> Tensor<4> {
     Tensor::from_data(
@@ -47,7 +30,7 @@ fn dense_output_equals_the_patch_network_on_the_centred_patch() {
     for (p, size) in [(17, 20), (33, 24), (65, 22)] {
         let net = PatchNet::new(p, &device).unwrap();
         let arch = Architecture::for_patch_size(p).unwrap();
-        let image = random_image(size, size + 2, p as u64);
+        let image = FeatureMap::random(3, size, size + 2, p as u64);
         for stride in [1, *arch.supported_strides().last().unwrap()] {
             let map = net
                 .forward(tensor(&image, &device), Mode::Image { stride })
@@ -91,7 +74,7 @@ fn tract_on_the_export_equals_burn() {
         let weights = net.to_weights();
         let arch = Architecture::for_patch_size(p).unwrap();
         let (height, width) = (24, 32);
-        let image = random_image(height, width, 7);
+        let image = FeatureMap::random(3, height, width, 7);
         for stride in [
             1,
             2.min(*arch.supported_strides().last().unwrap()),
@@ -141,11 +124,11 @@ fn weights_round_trip_through_the_library_format() {
     let path = dir.path().join("n.ustw");
     net.to_weights().save(&path).unwrap();
     let back = PatchNet::from_weights(
-        &ustad::weights::NetworkWeights::load(&path).unwrap(),
+        &ustad_core::networks::weights::NetworkWeights::load(&path).unwrap(),
         &device,
     )
     .unwrap();
-    let image = random_image(40, 40, 3);
+    let image = FeatureMap::random(3, 40, 40, 3);
     let a = to_vec(
         net.forward(tensor(&image, &device), Mode::Image { stride: 4 })
             .unwrap(),

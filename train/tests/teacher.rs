@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use common::{shared, tiny_corpus};
 
 use burn::tensor::{Device, Tensor, TensorData};
-use ustad::weights::NetworkWeights;
+use ustad_core::networks::weights::NetworkWeights;
 use ustad_train::teacher::{TeacherOptions, compactness_loss, train_teacher};
 
 fn tiny_options(dir: &Path, images: PathBuf, iterations: usize) -> TeacherOptions {

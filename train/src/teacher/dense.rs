@@ -35,8 +35,8 @@ use super::{
 use crate::backbone::{BackboneConfig, DenseTargetConfig, FeatureBackbone};
 use crate::corpus::{Corpus, grey_sometimes, square_crop};
 use crate::net::PatchNet;
-use ustad::arch::{Architecture, DESCRIPTOR_DIM, Mode};
-use ustad::bundle::InputSpec;
+use ustad_core::judge::preprocess::InputSpec;
+use ustad_core::networks::arch::{Architecture, DESCRIPTOR_DIM, Mode};
 
 /// Crops whose targets set the per-channel target normalisation.
 const NORMALISATION_CROPS: usize = 128;
@@ -216,7 +216,7 @@ pub fn crop_input(crops: &[RgbImage], size: usize, device: &Device) -> Tensor<4>
     let plane = 3 * size * size;
     let mut values = vec![0.0f32; crops.len() * plane];
     for (chunk, crop) in values.chunks_exact_mut(plane).zip(crops) {
-        ustad::preprocess::normalise_into(crop, &spec, chunk);
+        ustad_core::judge::preprocess::normalise_into(crop, &spec, chunk);
     }
     Tensor::from_data(
         TensorData::new(values, [crops.len(), 3, size, size]),

@@ -33,8 +33,8 @@ pub mod targets;
 use crate::backbone::{Backbone, BackboneConfig};
 use crate::corpus::{Corpus, random_crop, resize};
 use crate::net::PatchNet;
-use ustad::arch::DESCRIPTOR_DIM;
-use ustad::bundle::InputSpec;
+use ustad_core::judge::preprocess::InputSpec;
+use ustad_core::networks::arch::DESCRIPTOR_DIM;
 
 /// How the teacher learns from the backbone.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -215,7 +215,7 @@ pub fn batch_input(
     let plane = 3 * patch_size * patch_size;
     let mut values = vec![0.0f32; indices.len() * plane];
     for (chunk, &i) in values.chunks_exact_mut(plane).zip(indices) {
-        ustad::preprocess::normalise_into(&set.patches[i], &spec, chunk);
+        ustad_core::judge::preprocess::normalise_into(&set.patches[i], &spec, chunk);
     }
     Tensor::from_data(
         TensorData::new(values, [indices.len(), 3, patch_size, patch_size]),
@@ -483,7 +483,7 @@ pub fn train_teacher(options: &TeacherOptions, device: &Device) -> Result<Teache
 /// The paper's patch-mode distillation.
 fn train_patch(options: &TeacherOptions, device: &Device) -> Result<TeacherReport> {
     let p = options.patch_size;
-    let arch = ustad::arch::Architecture::for_patch_size(p)?;
+    let arch = ustad_core::networks::arch::Architecture::for_patch_size(p)?;
     let _ = arch;
     if options.batch < 2 {
         bail!("--batch must be at least 2 (the compactness loss needs a batch correlation)");
@@ -782,7 +782,7 @@ fn teacher_metadata(
 /// The weights at `out`, and beside them the loss curve (CSV and PNG) and the report.
 fn write_outputs(
     out: &Path,
-    weights: &ustad::weights::NetworkWeights,
+    weights: &ustad_core::networks::weights::NetworkWeights,
     history: &[LossRecord],
     report: &TeacherReport,
 ) -> Result<()> {
@@ -811,15 +811,15 @@ fn write_loss_plot(path: &Path, history: &[LossRecord], patch_size: usize) -> Re
         .iter()
         .filter_map(|r| r.validation_k.map(|v| (r.step as f64, v as f64)))
         .collect();
-    use ustad::eval::plot::{CHANCE, CURVE};
-    ustad::eval::write_series_png(
+    use ustad_core::plot::{CHANCE, CURVE};
+    ustad_core::plot::write_series_png(
         path,
         &[
-            ustad::eval::Series {
+            ustad_core::plot::Series {
                 points: &train,
                 color: CHANCE,
             },
-            ustad::eval::Series {
+            ustad_core::plot::Series {
                 points: &validation,
                 color: CURVE,
             },
@@ -827,7 +827,7 @@ fn write_loss_plot(path: &Path, history: &[LossRecord], patch_size: usize) -> Re
         &format!("p{patch_size} L_k train grey val blue"),
         "step",
         "L_k",
-        &ustad::eval::PlotStyle::default(),
+        &ustad_core::plot::PlotStyle::default(),
     )
     .with_context(|| format!("writing {}", path.display()))
 }

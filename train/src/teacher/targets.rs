@@ -50,9 +50,9 @@ pub fn box_average(map: &FeatureMap, k: usize) -> FeatureMap {
     }
 }
 
-// The geometry is the feature teacher's (`ustad::export::features`), so a backbone teacher
+// The geometry is the feature teacher's (`ustad_core::bundle::onnx::features`), so a backbone teacher
 // and a distilled one read the backbone at the same places.
-use ustad::export::features::source_coordinate as source;
+use ustad_core::bundle::onnx::features::source_coordinate as source;
 
 /// `map` (already aggregated) sampled at every cell of `grid`: `channels × grid.height ×
 /// grid.width`, appended to `out`.

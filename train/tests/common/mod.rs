@@ -12,7 +12,7 @@ pub fn shared() -> PathBuf {
 pub fn tiny_corpus(dir: &Path, count: usize) -> PathBuf {
     let images = dir.join("images");
     std::fs::create_dir_all(&images).unwrap();
-    let mut files = ustad::dataset::images_in(&shared().join("data/imagenet-sample")).unwrap();
+    let mut files = ustad_core::images::images_in(&shared().join("data/imagenet-sample")).unwrap();
     files.truncate(count);
     for f in files {
         std::fs::copy(&f, images.join(f.file_name().unwrap())).unwrap();

@@ -11,8 +11,10 @@ use prost::Message;
 use thiserror::Error;
 use tract_onnx::pb;
 
-use crate::arch::{ArchError, DESCRIPTOR_DIM, INPUT_CHANNELS, LEAKY_SLOPE, Mode, PlannedLayer};
-use crate::weights::{NetworkWeights, WeightsError};
+use crate::networks::arch::{
+    ArchError, DESCRIPTOR_DIM, INPUT_CHANNELS, LEAKY_SLOPE, Mode, PlannedLayer,
+};
+use crate::networks::weights::{NetworkWeights, WeightsError};
 
 pub mod features;
 pub mod whitening;
@@ -341,14 +343,14 @@ pub struct ScaleExport<'a> {
     pub students: &'a [NetworkWeights],
     /// Teacher statistics μ, σ: folded into the teacher graph and recorded in the manifest.
     pub teacher_norm: ChannelNorm,
-    pub calibration: crate::score::Calibration,
+    pub calibration: crate::judge::score::Calibration,
 }
 
 /// The ONNX graph of a scale's teacher at `stride` on `input`, its output normalised by `norm`
 /// (folded into its last layer). `patch_size` is the scale's (a feature teacher has none).
 pub fn teacher_graph(
     teacher: TeacherExport<'_>,
-    input: &crate::bundle::InputSpec,
+    input: &crate::judge::preprocess::InputSpec,
     patch_size: usize,
     stride: usize,
     norm: &ChannelNorm,
@@ -368,7 +370,7 @@ pub fn teacher_graph(
             teacher,
             projection,
         } => {
-            let arch = crate::arch::Architecture::for_patch_size(patch_size)?;
+            let arch = crate::networks::arch::Architecture::for_patch_size(patch_size)?;
             let grid = arch.output_size(mode, input.height, input.width)?;
             let head = projection.then_normalise(norm);
             Ok(teacher.graph(input, stride, grid, Some(&head))?)
@@ -380,7 +382,7 @@ pub fn teacher_graph(
 /// engine compares with the teacher's normalised one.
 pub fn student_graph(
     weights: &NetworkWeights,
-    input: &crate::bundle::InputSpec,
+    input: &crate::judge::preprocess::InputSpec,
     stride: usize,
 ) -> Result<pb::ModelProto, ExportError> {
     network_graph(
@@ -399,10 +401,10 @@ pub fn student_graph(
 /// reads it back, so a bundle that does not validate is never reported as written.
 pub fn write_bundle(
     dir: &Path,
-    input: crate::bundle::InputSpec,
+    input: crate::judge::preprocess::InputSpec,
     scales: &[ScaleExport<'_>],
-    image_score: crate::bundle::ImageScoreRule,
-    decision: crate::bundle::Decision,
+    image_score: crate::judge::decide::ImageScoreRule,
+    decision: crate::judge::decide::Decision,
     provenance: crate::bundle::Provenance,
 ) -> Result<crate::bundle::Bundle, BundleExportError> {
     use crate::bundle::{Bundle, FORMAT_VERSION, Manifest, ScaleSpec};

@@ -4,8 +4,8 @@
 //! the dense rewrite itself (a dense map must equal the patch network applied patch by patch).
 //! Loops are written the way the operators are defined, with no tiling or reordering.
 
-use crate::arch::{LEAKY_SLOPE, Mode, PlannedLayer};
-use crate::weights::{NetworkWeights, WeightsError};
+use crate::networks::arch::{LEAKY_SLOPE, Mode, PlannedLayer};
+use crate::networks::weights::{NetworkWeights, WeightsError};
 
 /// A CHW feature map.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +17,20 @@ pub struct FeatureMap {
 }
 
 impl FeatureMap {
+    /// Values uniform in [−1, 1) from `seed`, the same on every platform: the one random input
+    /// of the tests that compare executors (reference, tract, burn) on the same map.
+    pub fn random(channels: usize, height: usize, width: usize, seed: u64) -> Self {
+        let mut rng = crate::networks::weights::SplitMix64(seed);
+        Self {
+            channels,
+            height,
+            width,
+            data: (0..channels * height * width)
+                .map(|_| rng.next_f32() * 2.0 - 1.0)
+                .collect(),
+        }
+    }
+
     pub fn zeros(channels: usize, height: usize, width: usize) -> Self {
         Self {
             channels,
@@ -161,24 +175,6 @@ pub fn patch_descriptor(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::SplitMix64;
-
-    pub(crate) fn random_image(
-        channels: usize,
-        height: usize,
-        width: usize,
-        seed: u64,
-    ) -> FeatureMap {
-        let mut rng = SplitMix64(seed);
-        FeatureMap {
-            channels,
-            height,
-            width,
-            data: (0..channels * height * width)
-                .map(|_| rng.next_f32() * 2.0 - 1.0)
-                .collect(),
-        }
-    }
 
     /// The heart of the method: the dense (and strided) image-mode evaluation is the patch
     /// network applied at every (every s-th) pixel, borders included.
@@ -187,7 +183,7 @@ mod tests {
         for (p, size) in [(17, 14), (33, 16), (65, 12)] {
             let weights = NetworkWeights::random(p, p as u64).unwrap();
             let arch = weights.architecture().unwrap();
-            let image = random_image(3, size, size + 3, 11);
+            let image = FeatureMap::random(3, size, size + 3, 11);
             let strides = arch.supported_strides();
             for stride in [strides[0], strides[strides.len() - 1]] {
                 let map = forward(&weights, Mode::Image { stride }, &image).unwrap();

@@ -240,7 +240,7 @@ mod tests {
 
     #[test]
     fn error_and_variance_match_the_definitions() {
-        let mut rng = crate::weights::SplitMix64(5);
+        let mut rng = crate::networks::weights::SplitMix64(5);
         let (channels, pixels, m) = (7, 5, 3);
         let mut random = |n: usize| {
             (0..n)

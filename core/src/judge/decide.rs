@@ -7,14 +7,57 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::ImageScoreRule;
+/// How per-pixel anomaly maps become one number per image.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageScoreRule {
+    /// Gaussian smoothing of the fused map before taking the score (0 = none), in input pixels.
+    pub smoothing_sigma: f32,
+    /// Mean of the top `top_fraction` pixels of the smoothed map; a fraction small enough to
+    /// cover one pixel is the maximum.
+    pub top_fraction: f32,
+    /// Pixels along each edge (input resolution) left out of the image score. Zero padding
+    /// makes the map least reliable within half a receptive field of the border; a defect that
+    /// matters is seen from the interior, so short CPU-trained students need this margin.
+    #[serde(default)]
+    pub border: usize,
+}
 
-/// What happens to a part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+impl Default for ImageScoreRule {
+    fn default() -> Self {
+        Self {
+            smoothing_sigma: 4.0,
+            top_fraction: 0.001,
+            border: 0,
+        }
+    }
+}
+
+/// The reject threshold on the image score and how it was chosen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    pub threshold: f32,
+    /// How the threshold was derived (e.g. "quantile 0.995 of 120 good validation images + margin 10 %").
+    #[serde(default)]
+    pub rule: String,
+}
+
+/// What happens to a part: the one verdict type from the engine's judgement through the reject
+/// flap to the metrics and the archive. The engine only ever says [`Verdict::Pass`] or
+/// [`Verdict::Reject`]; a part that could not be judged gets its verdict from the
+/// [`FailSafePolicy`], here and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Verdict {
+    /// Judged good.
     Pass,
+    /// Judged defective.
     Reject,
+    /// Not judged (no usable frame, an error, over its time budget); rejected by the policy.
+    FailsafeReject,
+    /// Not judged; passed by the `pass` policy.
+    FailsafePass,
 }
 
 impl Verdict {
@@ -26,14 +69,52 @@ impl Verdict {
             Verdict::Reject
         }
     }
+
+    /// Whether the part is kicked off the belt.
+    pub fn rejects(self) -> bool {
+        matches!(self, Verdict::Reject | Verdict::FailsafeReject)
+    }
+
+    /// Whether the part was judged (not failed safe).
+    pub fn judged(self) -> bool {
+        matches!(self, Verdict::Pass | Verdict::Reject)
+    }
+
+    /// The metrics label and JSON value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Reject => "reject",
+            Verdict::FailsafeReject => "failsafe_reject",
+            Verdict::FailsafePass => "failsafe_pass",
+        }
+    }
 }
 
 impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Verdict::Pass => "pass",
-            Verdict::Reject => "reject",
-        })
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the line does with a part it cannot judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailSafePolicy {
+    /// Reject parts that could not be judged: nothing unchecked ships (default).
+    #[default]
+    Reject,
+    /// Pass them: for lines where a wrong reject costs more than a missed defect.
+    Pass,
+}
+
+impl FailSafePolicy {
+    /// The verdict of a part that could not be judged.
+    pub fn verdict(self) -> Verdict {
+        match self {
+            FailSafePolicy::Reject => Verdict::FailsafeReject,
+            FailSafePolicy::Pass => Verdict::FailsafePass,
+        }
     }
 }
 
@@ -219,5 +300,23 @@ mod tests {
         assert_eq!(Verdict::from_score(0.99, 1.0), Verdict::Pass);
         assert_eq!(Verdict::from_score(1.0, 1.0), Verdict::Reject);
         assert_eq!(Verdict::from_score(f32::NAN, 1.0), Verdict::Reject);
+    }
+
+    #[test]
+    fn the_policy_decides_only_unjudged_parts_and_rejects_by_default() {
+        assert_eq!(FailSafePolicy::default().verdict(), Verdict::FailsafeReject);
+        assert_eq!(FailSafePolicy::Pass.verdict(), Verdict::FailsafePass);
+        let rejects: Vec<bool> = [
+            Verdict::Pass,
+            Verdict::Reject,
+            Verdict::FailsafeReject,
+            Verdict::FailsafePass,
+        ]
+        .iter()
+        .map(|v| v.rejects())
+        .collect();
+        assert_eq!(rejects, [false, true, true, false]);
+        assert!(Verdict::Reject.judged() && !Verdict::FailsafePass.judged());
+        assert_eq!(Verdict::FailsafeReject.to_string(), "failsafe_reject");
     }
 }

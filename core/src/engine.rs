@@ -14,11 +14,11 @@ use rayon::prelude::*;
 use thiserror::Error;
 use tract_onnx::prelude::*;
 
-use crate::arch::DESCRIPTOR_DIM;
 use crate::bundle::{Bundle, BundleError, Precision};
-use crate::decide::{ImageScorer, Verdict};
-use crate::preprocess;
-use crate::score::{self, Calibration};
+use crate::judge::decide::{ImageScorer, Verdict};
+use crate::judge::preprocess;
+use crate::judge::score::{self, Calibration};
+use crate::networks::arch::DESCRIPTOR_DIM;
 
 /// Why the engine could not load or judge.
 #[derive(Debug, Error)]
@@ -167,7 +167,7 @@ struct ScaleState {
 /// The result of one frame, borrowed from the engine's buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct Analysis<'a> {
-    /// Image score (see [`crate::decide`]).
+    /// Image score (see [`crate::judge::decide`]).
     pub score: f32,
     pub verdict: Verdict,
     /// Fused, calibrated anomaly map at input resolution, row-major.

@@ -11,7 +11,7 @@
 //! int8 export stay as they are and compute the whitened score unchanged.
 
 use super::{ChannelNorm, ExportError, Projection, fold_normalisation};
-use crate::weights::NetworkWeights;
+use crate::networks::weights::NetworkWeights;
 
 /// A `channels × channels` map of the descriptor space (row-major), `y = M·x`.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,7 +114,7 @@ impl Whitening {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::DESCRIPTOR_DIM;
+    use crate::networks::arch::DESCRIPTOR_DIM;
 
     fn mixing(seed: u32) -> Whitening {
         let n = DESCRIPTOR_DIM;

@@ -11,9 +11,20 @@
 use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
+use serde::Serialize;
 use thiserror::Error;
 
-use super::metrics::CurvePoint;
+/// One point of a ROC or PRO curve.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct CurvePoint {
+    /// Everything scoring `>= threshold` is flagged. The first point of a curve, where nothing
+    /// is flagged yet, carries `f32::INFINITY` (serialised as `null` in JSON).
+    pub threshold: f32,
+    /// False-positive rate: fraction of good samples (or defect-free pixels) flagged.
+    pub fpr: f64,
+    /// True-positive rate for a ROC curve, per-region overlap for a PRO curve.
+    pub y: f64,
+}
 
 /// Why a plot could not be drawn or written.
 #[derive(Debug, Error)]

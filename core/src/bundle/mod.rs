@@ -11,6 +11,9 @@
 //!
 //! [`Bundle::load`] validates everything the engine relies on before any network is built, and
 //! refuses a bad bundle with an error that names the file and the field.
+//!
+//! The manifest composes the parameter types of the judging steps (input, image score,
+//! decision), which live with the step that reads them in [`crate::judge`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,8 +21,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::arch::{Architecture, DESCRIPTOR_DIM, INPUT_CHANNELS, Mode};
-use crate::score::Calibration;
+use crate::judge::decide::{Decision, ImageScoreRule};
+use crate::judge::preprocess::InputSpec;
+use crate::judge::score::Calibration;
+use crate::networks::arch::{Architecture, DESCRIPTOR_DIM, INPUT_CHANNELS, Mode};
+
+pub mod cost;
+pub mod int8;
+pub mod onnx;
 
 /// The manifest format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -52,29 +61,6 @@ pub enum BundleError {
     },
 }
 
-/// Input geometry and pixel normalisation: `(pixel / 255 − mean) / std` per RGB channel after
-/// resizing the (ROI of the) frame to `width × height`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InputSpec {
-    pub width: usize,
-    pub height: usize,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-}
-
-impl InputSpec {
-    /// ImageNet statistics, which the distilled teachers expect.
-    pub fn imagenet(width: usize, height: usize) -> Self {
-        Self {
-            width,
-            height,
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
-        }
-    }
-}
-
 /// One receptive field: a teacher, its students and their calibration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,8 +72,8 @@ pub struct ScaleSpec {
     /// ([`Architecture::channel_divisor`]); absent means 1. The engine runs the ONNX files
     /// whatever their widths; benchmarks read this to count the students' layers.
     #[serde(
-        default = "crate::arch::paper_widths",
-        skip_serializing_if = "crate::arch::is_paper_widths"
+        default = "crate::networks::arch::paper_widths",
+        skip_serializing_if = "crate::networks::arch::is_paper_widths"
     )]
     pub student_channel_divisor: usize,
     /// Teacher ONNX file, relative to the bundle; its output is already `(y − μ)/σ`.
@@ -105,7 +91,7 @@ pub struct ScaleSpec {
 
 impl ScaleSpec {
     /// The students' architecture: the scale's patch network at the students' widths.
-    pub fn student_architecture(&self) -> Result<Architecture, crate::arch::ArchError> {
+    pub fn student_architecture(&self) -> Result<Architecture, crate::networks::arch::ArchError> {
         Architecture::new(self.patch_size, self.student_channel_divisor)
     }
 }
@@ -116,42 +102,6 @@ impl ScaleSpec {
 pub struct NetworkFiles {
     pub teacher: String,
     pub students: Vec<String>,
-}
-
-/// How per-pixel anomaly maps become one number per image.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImageScoreRule {
-    /// Gaussian smoothing of the fused map before taking the score (0 = none), in input pixels.
-    pub smoothing_sigma: f32,
-    /// Mean of the top `top_fraction` pixels of the smoothed map; a fraction small enough to
-    /// cover one pixel is the maximum.
-    pub top_fraction: f32,
-    /// Pixels along each edge (input resolution) left out of the image score. Zero padding
-    /// makes the map least reliable within half a receptive field of the border; a defect that
-    /// matters is seen from the interior, so short CPU-trained students need this margin.
-    #[serde(default)]
-    pub border: usize,
-}
-
-impl Default for ImageScoreRule {
-    fn default() -> Self {
-        Self {
-            smoothing_sigma: 4.0,
-            top_fraction: 0.001,
-            border: 0,
-        }
-    }
-}
-
-/// The reject threshold on the image score and how it was chosen.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Decision {
-    pub threshold: f32,
-    /// How the threshold was derived (e.g. "quantile 0.995 of 120 good validation images + margin 10 %").
-    #[serde(default)]
-    pub rule: String,
 }
 
 /// Where the bundle came from. Free-form beyond the named fields, so the trainer can record

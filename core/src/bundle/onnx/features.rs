@@ -21,8 +21,8 @@ use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
 use super::{ChannelNorm, GraphWriter, INPUT_NAME, IR_VERSION, OPSET, OUTPUT_NAME, value_info};
-use crate::arch::INPUT_CHANNELS;
-use crate::bundle::InputSpec;
+use crate::judge::preprocess::InputSpec;
+use crate::networks::arch::INPUT_CHANNELS;
 
 /// Problems while building a feature teacher.
 #[derive(Debug, Error)]

@@ -57,6 +57,25 @@ pub fn overlay(
     })
 }
 
+/// The one colour scale of every overlay a person looks at (archive, live page, `ustad score`,
+/// `ustad eval`): calm below a third of the reject threshold, opaque red from 1.5× it, so the
+/// threshold sits in the yellow and two overlays of one bundle compare by eye. A threshold
+/// that is not a positive number (an uncalibrated bundle) scales as if it were 1.
+pub fn overlay_at_threshold(
+    image: &RgbImage,
+    map: &[f32],
+    map_width: usize,
+    map_height: usize,
+    threshold: f32,
+) -> RgbImage {
+    let t = if threshold.is_finite() && threshold > 0.0 {
+        threshold
+    } else {
+        1.0
+    };
+    overlay(image, map, map_width, map_height, t / 3.0, t * 1.5)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +101,20 @@ mod tests {
             hot[0] > cold[0] + 60 && hot[2] < cold[2],
             "cold {cold:?} hot {hot:?}"
         );
+    }
+
+    #[test]
+    fn every_overlay_shares_the_threshold_colour_scale() {
+        let part = RgbImage::from_pixel(4, 1, Rgb([128, 128, 128]));
+        let map = [0.0, 1.0, 2.0, 6.0];
+        let at_threshold = overlay_at_threshold(&part, &map, 4, 1, 2.0);
+        assert_eq!(at_threshold, overlay(&part, &map, 4, 1, 2.0 / 3.0, 3.0));
+        // Uncalibrated bundles (threshold 0, NaN) still give a usable picture, scaled as 1.
+        for bad in [0.0, -1.0, f32::NAN] {
+            assert_eq!(
+                overlay_at_threshold(&part, &map, 4, 1, bad),
+                overlay(&part, &map, 4, 1, 1.0 / 3.0, 1.5)
+            );
+        }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! tract only reaches its int8 kernels through QOperator ops (`QLinearConv`); QDQ pairs around
 //! an f32 `Conv` run in f32 with extra casts (DESIGN.md §5). The graph written here is, for every
-//! network of [`crate::arch::Architecture::plan`]:
+//! network of [`crate::networks::arch::Architecture::plan`]:
 //!
 //! ```text
 //! image (f32) → QuantizeLinear (u8)
@@ -25,31 +25,12 @@ use thiserror::Error;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
-use crate::arch::{INPUT_CHANNELS, LEAKY_SLOPE, PlannedLayer};
-use crate::export::{
+use crate::bundle::onnx::{
     ExportError, GraphSpec, GraphWriter, INPUT_NAME, OUTPUT_NAME, conv_parameters, float, ints,
     network_graph,
 };
-use crate::weights::NetworkWeights;
-
-/// Which graphs `ustad-train fit` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum ExportPrecision {
-    /// Only the f32 graphs.
-    F32,
-    /// f32 graphs (always needed) plus the int8 QOperator graphs.
-    Int8,
-    /// Same as `int8`: f32 and int8 graphs.
-    #[default]
-    Both,
-}
-
-impl ExportPrecision {
-    /// Whether int8 graphs are written.
-    pub fn int8(self) -> bool {
-        matches!(self, Self::Int8 | Self::Both)
-    }
-}
+use crate::networks::arch::{INPUT_CHANNELS, LEAKY_SLOPE, PlannedLayer};
+use crate::networks::weights::NetworkWeights;
 
 /// Problems while calibrating or writing an int8 graph.
 #[derive(Debug, Error)]

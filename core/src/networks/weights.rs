@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::arch::{ArchError, Architecture};
+use crate::networks::arch::{ArchError, Architecture};
 
 const MAGIC: &[u8; 4] = b"USTW";
 const FORMAT_VERSION: u32 = 1;
@@ -82,8 +82,8 @@ pub struct WeightsHeader {
     pub patch_size: usize,
     /// Absent in files written before narrow students existed: those have the paper's widths.
     #[serde(
-        default = "crate::arch::paper_widths",
-        skip_serializing_if = "crate::arch::is_paper_widths"
+        default = "crate::networks::arch::paper_widths",
+        skip_serializing_if = "crate::networks::arch::is_paper_widths"
     )]
     pub channel_divisor: usize,
     /// `(in, out, kernel)` of each conv.

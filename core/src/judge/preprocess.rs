@@ -8,7 +8,30 @@
 use image::imageops::FilterType;
 use image::{DynamicImage, RgbImage};
 
-use crate::bundle::InputSpec;
+use serde::{Deserialize, Serialize};
+
+/// Input geometry and pixel normalisation: `(pixel / 255 − mean) / std` per RGB channel after
+/// resizing the (ROI of the) frame to `width × height`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub width: usize,
+    pub height: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl InputSpec {
+    /// ImageNet statistics, which the distilled teachers expect.
+    pub fn imagenet(width: usize, height: usize) -> Self {
+        Self {
+            width,
+            height,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+}
 
 /// Resizes `image` to the input size (a no-op when it already fits) as 8-bit RGB.
 pub fn resize_rgb(image: &DynamicImage, spec: &InputSpec) -> RgbImage {
