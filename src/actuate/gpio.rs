@@ -20,8 +20,8 @@ use gpiocdev::Request;
 use gpiocdev::line::{EdgeDetection, EventClock, Offset, Value};
 
 use crate::actuate::trigger::{Debouncer, EdgeKind, Trigger, TriggerError, TriggerEvent};
+use crate::actuate::{Edge, GpioOutputConfig, GpioTriggerConfig};
 use crate::clock::Timestamp;
-use crate::config::{Edge, GpioOutputConfig, GpioTriggerConfig};
 
 /// The reject output: a single-line request wrapped for `embedded_hal`.
 pub type GpioOutput = gpiocdev_embedded_hal::OutputPin;
@@ -235,9 +235,9 @@ impl Trigger for GpioTrigger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actuate::{PulseTiming, RejectScheduler, Verdict};
+    use crate::actuate::{PulseTiming, RejectScheduler};
     use crate::clock::{Clock, MonotonicClock};
-    use ustad_core::judge::decide::FailSafePolicy;
+    use ustad_core::judge::decide::{FailSafePolicy, Verdict};
 
     #[test]
     fn chip_names_become_device_paths() {

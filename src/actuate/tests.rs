@@ -2,7 +2,12 @@
 //! line, a [`RecordingPin`] on a [`ManualClock`] checks their exact times.
 
 use super::*;
-use crate::clock::{ManualClock, MonotonicClock};
+use std::time::Duration;
+
+use embedded_hal::digital::{ErrorType, OutputPin, StatefulOutputPin};
+use ustad_core::judge::decide::{FailSafePolicy, Verdict};
+
+use crate::clock::{Clock, ManualClock, MonotonicClock, Timestamp};
 use embedded_hal_mock::eh1::MockError;
 use embedded_hal_mock::eh1::digital::{Mock as PinMock, State, Transaction as T};
 

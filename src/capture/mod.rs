@@ -13,6 +13,7 @@
 
 pub mod decode;
 pub mod replay;
+mod settings;
 #[cfg(all(feature = "v4l2", target_os = "linux"))]
 pub mod v4l2;
 
@@ -22,7 +23,7 @@ use std::time::Duration;
 use image::RgbImage;
 
 use crate::clock::Timestamp;
-use crate::config::CameraConfig;
+pub use settings::{CameraConfig, Exposure, PixelFormat, ReplayConfig, V4l2Config};
 
 pub use decode::DecodeError;
 pub use replay::ReplaySource;

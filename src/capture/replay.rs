@@ -14,12 +14,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::capture::ReplayConfig;
 use crate::capture::decode::{
     DEFAULT_MAX_PIXELS, decode_image_within, max_file_bytes, read_image_file,
 };
 use crate::capture::{CaptureError, Frame, FrameSource};
 use crate::clock::{Clock, MonotonicClock, Timestamp};
-use crate::config::ReplayConfig;
 use ustad_core::images::{self, IMAGE_EXTENSIONS};
 
 /// Plays a folder of images as frames.

@@ -34,8 +34,8 @@ use v4l::video::capture::Parameters;
 
 use crate::capture::decode::{decode_jpeg_within, yuyv_to_rgb};
 use crate::capture::{Backoff, CaptureError, DecodeError, Frame, FrameSource};
+use crate::capture::{Exposure, PixelFormat, V4l2Config};
 use crate::clock::{Clock, MonotonicClock, Timestamp};
-use crate::config::{Exposure, PixelFormat, V4l2Config};
 
 /// `V4L2_CID_EXPOSURE_AUTO` (camera class base + 1), a menu control.
 const CID_EXPOSURE_AUTO: u32 = 0x009a_0901;

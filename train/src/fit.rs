@@ -1,22 +1,30 @@
 //! `ustad-train fit`: from a folder of good parts to a deployable bundle.
 //!
-//! 1. Split `train/good` into fit and validation images (seeded).
-//! 2. Teacher statistics μ, σ per channel over every pixel of the fit images (streaming,
-//!    Welford in f64), computed with tract on the same exported graph the daemon runs. A
-//!    backbone teacher first fits its PCA projection on those images and takes one σ for all
-//!    channels (see `common_scale`).
-//! 3. M independently initialised students per scale regress `(T − μ)/σ` over all pixels.
-//! 4. Export, then calibrate e/v statistics and the threshold on the validation images by
+//! Each step is one function, called in this order by [`fit`]:
+//!
+//! 1. `split_images`: `train/good` split (seeded) into fit, validation and spare images.
+//! 2. `teacher_targets`: teacher statistics μ, σ per channel over every pixel of the fit images
+//!    (streaming, Welford in f64), computed with tract on the same exported graph the daemon
+//!    runs. A backbone teacher first fits its PCA projection on those images and takes one σ
+//!    for all channels (see `common_scale`).
+//! 3. `train_students`: M independently initialised students per scale regress `(T − μ)/σ`
+//!    over all pixels, checkpointed every epoch (`resume_students` picks a run up again).
+//! 4. `whiten_residuals` (presets that ask for it): each scale's residual whitened on good
+//!    parts, folded into its teacher and students.
+//! 5. `calibrate`: export, then e/v statistics and the threshold on the validation images by
 //!    running the exported bundle itself, so the numbers in the bundle are the daemon's.
-//! 5. Parity: the trainer's (burn) anomaly maps against the exported bundle run by tract.
+//! 6. `f32_parity`: the trainer's (burn) anomaly maps against the exported bundle run by tract.
+//! 7. `record_fit`, `export_bundle`: the provenance, and the finished bundle in `--out`.
+//! 8. `export_int8` (unless `--precision f32`): int8 graphs and their parity against f32.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
@@ -36,7 +44,7 @@ use ustad_core::engine::{Engine, EngineOptions};
 use ustad_core::judge::decide::{Decision, ImageScoreRule};
 use ustad_core::judge::preprocess::InputSpec;
 use ustad_core::judge::score::{Calibration, RunningStats};
-use ustad_core::judge::threshold::threshold_from_good;
+use ustad_core::judge::threshold::{ThresholdChoice, threshold_from_good};
 use ustad_core::networks::arch::{DESCRIPTOR_DIM, Mode};
 use ustad_core::networks::weights::NetworkWeights;
 
@@ -496,12 +504,149 @@ struct FitCheckpoint {
     losses: Vec<Vec<f32>>,
 }
 
-/// Fits students and writes a calibrated bundle to `options.out`.
+/// Fits students and writes a calibrated bundle to `options.out`: the steps of the module
+/// documentation, one function each.
 pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
     let started = Instant::now();
     let preset = &options.preset;
-    let (width, height) = (preset.width, preset.height);
-    let spec = InputSpec::imagenet(width, height);
+    let spec = InputSpec::imagenet(preset.width, preset.height);
+    let splits = split_images(options, &spec)?;
+    let out = &options.out;
+    let work = out.join(".work");
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    // Fit inputs, plus mirrored copies for symmetric parts.
+    let mut train_inputs = splits.fit.inputs.clone();
+    if options.symmetric {
+        train_inputs.extend(
+            splits
+                .fit
+                .inputs
+                .iter()
+                .map(|i| flip_input(i, spec.height, spec.width, 3)),
+        );
+    }
+
+    let mut scales = Vec::new();
+    let mut final_losses = Vec::new();
+    device.seed(options.seed);
+    for (scale_index, scale) in preset.scales.iter().enumerate() {
+        let (teacher, norm, targets) =
+            teacher_targets(options, &spec, &work, scale, &train_inputs)?;
+        let (ensemble, losses) = train_students(
+            options,
+            device,
+            &work.join(format!("scale{scale_index}")),
+            scale_index,
+            scale,
+            &train_inputs,
+            &targets,
+        )?;
+        final_losses.push(losses.last().cloned().unwrap_or_default());
+        scales.push(FittedScale {
+            teacher,
+            norm,
+            students: ensemble.students.iter().map(|s| s.to_weights()).collect(),
+        });
+    }
+
+    let mut provenance = Provenance {
+        dataset: options.data.display().to_string(),
+        created: utc_now(),
+        trainer_version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    };
+    if preset.whiten_residual {
+        let notes = whiten_residuals(preset, &work, &spec, &splits, &mut scales)?;
+        provenance.extra.insert(
+            "residual_whitening".into(),
+            toml::Value::Array(notes.into_iter().map(toml::Value::String).collect()),
+        );
+    }
+    // Calibration runs on a staging copy under `.work`, so `out` only ever holds a finished,
+    // calibrated bundle (a daemon or test reading it meanwhile never sees threshold 0).
+    let staging = work.join("staging");
+    let (calibrations, choice, mut engine) = calibrate(
+        options,
+        &spec,
+        &staging,
+        &scales,
+        &splits.validation.inputs,
+        &provenance,
+    )?;
+    let parity = f32_parity(
+        preset,
+        device,
+        &mut engine,
+        &scales,
+        &calibrations,
+        &splits.validation.inputs,
+    )?;
+    record_fit(
+        &mut provenance.extra,
+        options,
+        &splits,
+        &scales,
+        &final_losses,
+        &parity,
+        choice.false_reject_rate_on_calibration,
+    )?;
+    let decision = Decision {
+        threshold: choice.threshold,
+        rule: choice.describe(),
+    };
+    export_bundle(
+        out,
+        preset,
+        &spec,
+        &scales,
+        &calibrations,
+        decision,
+        provenance,
+    )?;
+    std::fs::remove_dir_all(&staging).ok();
+    if options.precision.int8() {
+        export_int8(
+            out,
+            preset,
+            &spec,
+            &scales,
+            &splits.fit.inputs,
+            &splits.validation.inputs,
+        )?;
+    }
+    for entry in std::fs::read_dir(&work)?.flatten() {
+        if entry.path().extension().is_some_and(|e| e == "onnx") {
+            std::fs::remove_file(entry.path()).ok();
+        }
+    }
+    Ok(FitReport {
+        preset: preset.name.clone(),
+        fit_images: splits.fit.paths.len(),
+        validation_images: splits.validation.paths.len(),
+        epochs: preset.epochs,
+        final_student_losses: final_losses,
+        calibration: calibrations,
+        threshold: choice.threshold,
+        parity_max_abs: parity.max_abs,
+        parity_mean_abs: parity.mean_abs,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The good images of one fit, loaded at the preset's input size.
+struct Splits {
+    /// What the students learn from.
+    fit: Images,
+    /// Calibration and threshold (never trained on).
+    validation: Images,
+    /// Left over by `max_fit_images`: they measure the residual whitening.
+    spare: Images,
+}
+
+/// Step 1: `train/good` split (seeded) into fit, validation and spare images, all loaded.
+fn split_images(options: &FitOptions, spec: &InputSpec) -> Result<Splits> {
+    let preset = &options.preset;
     let good = options.data.join("train/good");
     let mut paths = ustad_core::images::images_in(&good).with_context(|| {
         format!(
@@ -546,350 +691,407 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
         options.progress,
         "loading {pos}/{len} {bar:30} {per_sec}",
     );
-    let fit_images = Images {
-        inputs: load_inputs(&paths, &spec, &loading)?,
-        paths,
+    let load = |paths: Vec<PathBuf>| -> Result<Images> {
+        Ok(Images {
+            inputs: load_inputs(&paths, spec, &loading)?,
+            paths,
+        })
     };
-    let val_images = Images {
-        inputs: load_inputs(&val_paths, &spec, &loading)?,
-        paths: val_paths,
-    };
-    let spare_images = Images {
-        inputs: load_inputs(&spare_paths, &spec, &loading)?,
-        paths: spare_paths,
+    let splits = Splits {
+        fit: load(paths)?,
+        validation: load(val_paths)?,
+        spare: load(spare_paths)?,
     };
     loading.finish_and_clear();
     log::info!(
-        "{} fit and {} validation images from {}, resized to {width}×{height}",
-        fit_images.paths.len(),
-        val_images.paths.len(),
-        good.display()
+        "{} fit and {} validation images from {}, resized to {}×{}",
+        splits.fit.paths.len(),
+        splits.validation.paths.len(),
+        good.display(),
+        spec.width,
+        spec.height
     );
-    let out = &options.out;
-    let work = out.join(".work");
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    Ok(splits)
+}
 
-    // Fit inputs, plus mirrored copies for symmetric parts.
-    let mut train_inputs = fit_images.inputs.clone();
-    if options.symmetric {
-        train_inputs.extend(
-            fit_images
-                .inputs
-                .iter()
-                .map(|i| flip_input(i, height, width, 3)),
-        );
-    }
-
-    let mut teachers = Vec::new();
-    let mut norms = Vec::new();
-    let mut ensembles = Vec::new();
-    let mut all_losses = Vec::new();
-    device.seed(options.seed);
-    for (scale_index, scale) in preset.scales.iter().enumerate() {
-        let p = scale.patch_size;
-        let mode = Mode::Image {
-            stride: scale.stride,
-        };
-        let student_arch = scale.student_architecture()?;
-        let (mh, mw) = student_arch.output_size(mode, height, width)?;
-        let graph_path = work.join(format!("p{p}-s{}-teacher-raw.onnx", scale.stride));
-        let t0 = Instant::now();
-        let (teacher, raw) = match scale.teacher {
-            TeacherKind::Distilled => {
-                let teacher_path = options.teachers.join(format!("p{p}.ustw"));
-                let teacher = NetworkWeights::load(&teacher_path).with_context(|| format!("loading the p = {p} teacher (train one with `ustad-train teacher --patch-size {p}`)"))?;
-                let graph = network_graph(
-                    &teacher,
-                    &GraphSpec {
-                        height,
-                        width,
-                        mode,
-                        output_norm: None,
-                    },
-                )?;
-                save_model(&graph, &graph_path)?;
-                let raw = run_network(&graph_path, &train_inputs, height, width)?;
-                (FitTeacher::Distilled(teacher), raw)
-            }
-            TeacherKind::Backbone => {
-                let teacher = feature_teacher(options, height, width)?;
-                save_model(
-                    &teacher.graph(&spec, scale.stride, (mh, mw), None)?,
-                    &graph_path,
-                )?;
-                let features = run_network(&graph_path, &train_inputs, height, width)?;
-                let projection = crate::pca::principal_projection(
-                    &features,
-                    teacher.channels(),
-                    DESCRIPTOR_DIM,
-                )?;
-                let raw = features.par_iter().map(|f| projection.apply(f)).collect();
-                (FitTeacher::Backbone(Box::new(teacher), projection), raw)
-            }
-        };
-        let norm = match teacher {
-            FitTeacher::Distilled(_) => channel_statistics(&raw, DESCRIPTOR_DIM),
-            FitTeacher::Backbone(..) => common_scale(channel_statistics(&raw, DESCRIPTOR_DIM)),
-        };
-        log::info!(
-            "p = {p}: teacher maps and statistics of {} images in {:.1} s",
-            raw.len(),
-            t0.elapsed().as_secs_f64()
-        );
-        let pixels = raw[0].len() / DESCRIPTOR_DIM;
-        let targets: Vec<Vec<f32>> = raw
-            .into_iter()
-            .map(|mut map| {
-                for c in 0..DESCRIPTOR_DIM {
-                    for v in &mut map[c * pixels..(c + 1) * pixels] {
-                        *v = (*v - norm.mean[c]) / norm.std[c];
-                    }
-                }
-                map
-            })
-            .collect();
-
-        let ckpt = work.join(format!("scale{scale_index}"));
-        let mut ensemble = Ensemble {
-            students: (0..preset.students)
-                .map(|_| PatchNet::from_architecture(student_arch, device))
-                .collect(),
-        };
-        let mut optimizer = AdamConfig::new()
-            .with_weight_decay(Some(WeightDecayConfig::new(options.weight_decay as f32)))
-            .init();
-        let mut start_epoch = 0;
-        let mut losses: Vec<Vec<f32>> = Vec::new();
-        if options.resume && ckpt.join("state.json").is_file() {
-            let state: FitCheckpoint =
-                serde_json::from_slice(&std::fs::read(ckpt.join("state.json"))?)
-                    .with_context(|| format!("{}: bad checkpoint", ckpt.display()))?;
-            if state.seed != options.seed {
-                bail!(
-                    "{}: checkpoint has seed {}, asked {}",
-                    ckpt.display(),
-                    state.seed,
-                    options.seed
-                );
-            }
-            if state.student_channel_divisor != scale.student_channel_divisor {
-                bail!(
-                    "{}: checkpoint has students at channel divisor {}, the preset asks {}",
-                    ckpt.display(),
-                    state.student_channel_divisor,
-                    scale.student_channel_divisor
-                );
-            }
-            ensemble = ensemble
-                .try_load_file(ckpt.join("students.bpk"))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("students.bpk").display()))?;
-            optimizer = optimizer
-                .load(ckpt.join("optimizer.bpk"))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("optimizer.bpk").display()))?;
-            start_epoch = state.epoch;
-            losses = state.losses;
-            log::info!("p = {p}: resumed after epoch {start_epoch}");
-        }
-        let steps_per_epoch = train_inputs.len().div_ceil(preset.batch);
-        let training = bar(
-            preset.epochs * steps_per_epoch,
-            options.progress,
-            "students p={prefix} {pos}/{len} {bar:25} {per_sec} eta {eta} {msg}",
-        );
-        training.set_prefix(p.to_string());
-        training.set_position((start_epoch * steps_per_epoch) as u64);
-        let total_steps = preset.epochs * steps_per_epoch;
-        for epoch in start_epoch..preset.epochs {
-            let mut order: Vec<usize> = (0..train_inputs.len()).collect();
-            order.shuffle(&mut StdRng::seed_from_u64(
-                options.seed ^ ((epoch as u64 + 1) * 0x9E37_79B9),
-            ));
-            let mut epoch_loss = vec![0.0f64; preset.students];
-            for (batch_index, batch) in order.chunks(preset.batch).enumerate() {
-                let b = batch.len();
-                let mut x = Vec::with_capacity(b * 3 * width * height);
-                let mut y = Vec::with_capacity(b * DESCRIPTOR_DIM * pixels);
-                for &i in batch {
-                    x.extend_from_slice(&train_inputs[i]);
-                    y.extend_from_slice(&targets[i]);
-                }
-                let x: Tensor<4> =
-                    Tensor::from_data(TensorData::new(x, [b, 3, height, width]), device);
-                let y: Tensor<4> =
-                    Tensor::from_data(TensorData::new(y, [b, DESCRIPTOR_DIM, mh, mw]), device);
-                let mut total: Option<Tensor<1>> = None;
-                let mut values = Vec::with_capacity(preset.students);
-                for student in &ensemble.students {
-                    let s = student.forward(x.clone(), mode)?;
-                    // Mean over pixels (and batch) of the squared L2 distance of descriptors.
-                    let loss = (s - y.clone()).powi_scalar(2).sum_dim(1).mean();
-                    values.push(crate::teacher::scalar(loss.clone()));
-                    total = Some(match total {
-                        Some(t) => t + loss,
-                        None => loss,
-                    });
-                }
-                let Some(total) = total else {
-                    bail!("no students")
-                };
-                let grads = GradientsParams::from_grads(total.backward(), &ensemble);
-                let step = epoch * steps_per_epoch + batch_index;
-                let rate = preset
-                    .schedule
-                    .rate(preset.learning_rate, step, total_steps);
-                ensemble = optimizer.step(rate, ensemble, grads);
-                if values.iter().any(|v| !v.is_finite()) {
-                    bail!(
-                        "p = {p}: student training diverged in epoch {} (losses {values:?})",
-                        epoch + 1
-                    );
-                }
-                for (e, v) in epoch_loss.iter_mut().zip(&values) {
-                    *e += *v as f64 * b as f64;
-                }
-                training.set_message(format!(
-                    "epoch {} lr {rate:.1e} loss {:.3}",
-                    epoch + 1,
-                    values.iter().sum::<f32>() / values.len() as f32
-                ));
-                training.inc(1);
-            }
-            losses.push(
-                epoch_loss
-                    .iter()
-                    .map(|l| (*l / train_inputs.len() as f64) as f32)
-                    .collect(),
-            );
-            std::fs::create_dir_all(&ckpt)?;
-            ensemble
-                .clone()
-                .save_file(ckpt.join("students.bpk"))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.display()))?;
-            optimizer
-                .save(ckpt.join("optimizer.bpk"))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.display()))?;
-            let state = FitCheckpoint {
-                scale: scale_index,
-                epoch: epoch + 1,
-                seed: options.seed,
-                student_channel_divisor: scale.student_channel_divisor,
-                losses: losses.clone(),
-            };
-            std::fs::write(ckpt.join("state.json"), serde_json::to_vec(&state)?)?;
-            log::info!(
-                "p = {p}: epoch {} student losses {:?}",
-                epoch + 1,
-                losses.last()
-            );
-        }
-        training.finish_and_clear();
-        all_losses.push(losses.last().cloned().unwrap_or_default());
-        teachers.push(teacher);
-        norms.push(norm);
-        ensembles.push(ensemble);
-    }
-
-    // Export with identity calibration, measure e and v on validation images with the
-    // exported bundle itself, then calibrate and pick the threshold.
-    let mut student_weights: Vec<Vec<NetworkWeights>> = ensembles
-        .iter()
-        .map(|e| e.students.iter().map(|s| s.to_weights()).collect())
-        .collect();
-    let mut provenance = Provenance {
-        dataset: options.data.display().to_string(),
-        created: utc_now(),
-        trainer_version: env!("CARGO_PKG_VERSION").into(),
-        ..Default::default()
+/// Step 2: one scale's teacher, its maps of the training inputs, their statistics μ, σ, and
+/// the students' targets `(T − μ)/σ`.
+fn teacher_targets(
+    options: &FitOptions,
+    spec: &InputSpec,
+    work: &Path,
+    scale: &PresetScale,
+    train_inputs: &[Vec<f32>],
+) -> Result<(FitTeacher, ChannelNorm, Vec<Vec<f32>>)> {
+    let (height, width) = (spec.height, spec.width);
+    let p = scale.patch_size;
+    let mode = Mode::Image {
+        stride: scale.stride,
     };
-    if preset.whiten_residual {
-        let held_out = !spare_images.inputs.is_empty();
-        let images = if held_out { &spare_images } else { &fit_images };
-        // The held-out images were already cut to `whitening_images` before loading; this bounds
-        // the fit images standing in for them.
-        let inputs = &images.inputs[..images.inputs.len().min(preset.whitening_images)];
-        let mut notes = Vec::new();
-        for (i, scale) in preset.scales.iter().enumerate() {
-            let (whitening, summary) = measure_whitening(
-                &work,
-                &teachers[i],
-                &norms[i],
-                &student_weights[i],
-                &spec,
-                scale.stride,
-                inputs,
+    let (mh, mw) = scale
+        .student_architecture()?
+        .output_size(mode, height, width)?;
+    let graph_path = work.join(format!("p{p}-s{}-teacher-raw.onnx", scale.stride));
+    let t0 = Instant::now();
+    let (teacher, raw) = match scale.teacher {
+        TeacherKind::Distilled => {
+            let teacher_path = options.teachers.join(format!("p{p}.ustw"));
+            let teacher = NetworkWeights::load(&teacher_path).with_context(|| {
+                format!(
+                    "loading the p = {p} teacher (train one with `ustad-train teacher --patch-size {p}`)"
+                )
+            })?;
+            let graph = network_graph(
+                &teacher,
+                &GraphSpec {
+                    height,
+                    width,
+                    mode,
+                    output_norm: None,
+                },
             )?;
-            teachers[i] = teachers[i].whitened(&whitening, &norms[i])?;
-            student_weights[i] = student_weights[i]
-                .iter()
-                .map(|s| whitening.network(s, None))
-                .collect::<Result<_, _>>()?;
-            norms[i] = ChannelNorm::identity(DESCRIPTOR_DIM);
-            log::info!(
-                "p = {}: residual whitened on {} images (its 8 largest directions held {:.0} %)",
-                scale.patch_size,
-                summary.images,
-                summary.top8_share * 100.0
-            );
-            notes.push(format!(
-                "p{}-s{}: Σ^-1/2 of the residual on {} {} images, shrinkage {}, top 8 of {} directions {:.1} %",
-                scale.patch_size,
-                scale.stride,
-                summary.images,
-                if held_out { "held-out" } else { "fit" },
-                crate::whiten::SHRINKAGE,
-                DESCRIPTOR_DIM,
-                summary.top8_share * 100.0
-            ));
+            save_model(&graph, &graph_path)?;
+            let raw = run_network(&graph_path, train_inputs, height, width)?;
+            (FitTeacher::Distilled(teacher), raw)
         }
-        provenance.extra.insert(
-            "residual_whitening".into(),
-            toml::Value::Array(notes.into_iter().map(toml::Value::String).collect()),
+        TeacherKind::Backbone => {
+            let teacher = feature_teacher(options, height, width)?;
+            save_model(
+                &teacher.graph(spec, scale.stride, (mh, mw), None)?,
+                &graph_path,
+            )?;
+            let features = run_network(&graph_path, train_inputs, height, width)?;
+            let projection =
+                crate::pca::principal_projection(&features, teacher.channels(), DESCRIPTOR_DIM)?;
+            let raw = features.par_iter().map(|f| projection.apply(f)).collect();
+            (FitTeacher::Backbone(Box::new(teacher), projection), raw)
+        }
+    };
+    let norm = match teacher {
+        FitTeacher::Distilled(_) => channel_statistics(&raw, DESCRIPTOR_DIM),
+        FitTeacher::Backbone(..) => common_scale(channel_statistics(&raw, DESCRIPTOR_DIM)),
+    };
+    log::info!(
+        "p = {p}: teacher maps and statistics of {} images in {:.1} s",
+        raw.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let pixels = raw[0].len() / DESCRIPTOR_DIM;
+    let targets = raw
+        .into_iter()
+        .map(|mut map| {
+            for c in 0..DESCRIPTOR_DIM {
+                for v in &mut map[c * pixels..(c + 1) * pixels] {
+                    *v = (*v - norm.mean[c]) / norm.std[c];
+                }
+            }
+            map
+        })
+        .collect();
+    Ok((teacher, norm, targets))
+}
+
+/// The students and optimizer of a scale as left by its last finished epoch in `ckpt`, with
+/// that epoch and the loss history; refuses a checkpoint of another seed or width.
+fn resume_students(
+    options: &FitOptions,
+    scale: &PresetScale,
+    ckpt: &Path,
+    ensemble: Ensemble,
+    optimizer: ModuleOptimizer,
+) -> Result<(Ensemble, ModuleOptimizer, usize, Vec<Vec<f32>>)> {
+    let state: FitCheckpoint = serde_json::from_slice(&std::fs::read(ckpt.join("state.json"))?)
+        .with_context(|| format!("{}: bad checkpoint", ckpt.display()))?;
+    if state.seed != options.seed {
+        bail!(
+            "{}: checkpoint has seed {}, asked {}",
+            ckpt.display(),
+            state.seed,
+            options.seed
         );
     }
-    // Calibration runs on a staging copy under `.work`, so `out` only ever holds a finished,
-    // calibrated bundle (a daemon or test reading it meanwhile never sees threshold 0).
-    let staging = work.join("staging");
-    let export = |target: &Path,
-                  calibrations: &[Calibration],
-                  decision: Decision,
-                  provenance: Provenance|
-     -> Result<Bundle> {
-        let scales: Vec<ScaleExport<'_>> = preset
-            .scales
-            .iter()
-            .enumerate()
-            .map(|(i, s)| ScaleExport {
-                stride: s.stride,
-                teacher: teachers[i].export(),
-                students: &student_weights[i],
-                teacher_norm: norms[i].clone(),
-                calibration: calibrations[i],
-            })
-            .collect();
-        Ok(write_bundle(
-            target,
-            spec.clone(),
-            &scales,
-            preset.image_score,
-            decision,
-            provenance,
-        )?)
+    if state.student_channel_divisor != scale.student_channel_divisor {
+        bail!(
+            "{}: checkpoint has students at channel divisor {}, the preset asks {}",
+            ckpt.display(),
+            state.student_channel_divisor,
+            scale.student_channel_divisor
+        );
+    }
+    let ensemble = ensemble
+        .try_load_file(ckpt.join("students.bpk"))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("students.bpk").display()))?;
+    let optimizer = optimizer
+        .load(ckpt.join("optimizer.bpk"))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("optimizer.bpk").display()))?;
+    log::info!(
+        "p = {}: resumed after epoch {}",
+        scale.patch_size,
+        state.epoch
+    );
+    Ok((ensemble, optimizer, state.epoch, state.losses))
+}
+
+/// Step 3: the M students of one scale regress `targets` together, checkpointed into `ckpt`
+/// after every epoch. Returns them and their mean loss per epoch.
+fn train_students(
+    options: &FitOptions,
+    device: &Device,
+    ckpt: &Path,
+    scale_index: usize,
+    scale: &PresetScale,
+    train_inputs: &[Vec<f32>],
+    targets: &[Vec<f32>],
+) -> Result<(Ensemble, Vec<Vec<f32>>)> {
+    let preset = &options.preset;
+    let (height, width) = (preset.height, preset.width);
+    let p = scale.patch_size;
+    let mode = Mode::Image {
+        stride: scale.stride,
     };
+    let student_arch = scale.student_architecture()?;
+    let (mh, mw) = student_arch.output_size(mode, height, width)?;
+    let pixels = mh * mw;
+    let mut ensemble = Ensemble {
+        students: (0..preset.students)
+            .map(|_| PatchNet::from_architecture(student_arch, device))
+            .collect(),
+    };
+    let mut optimizer = AdamConfig::new()
+        .with_weight_decay(Some(WeightDecayConfig::new(options.weight_decay as f32)))
+        .init();
+    let mut start_epoch = 0;
+    let mut losses: Vec<Vec<f32>> = Vec::new();
+    if options.resume && ckpt.join("state.json").is_file() {
+        (ensemble, optimizer, start_epoch, losses) =
+            resume_students(options, scale, ckpt, ensemble, optimizer)?;
+    }
+    let steps_per_epoch = train_inputs.len().div_ceil(preset.batch);
+    let training = bar(
+        preset.epochs * steps_per_epoch,
+        options.progress,
+        "students p={prefix} {pos}/{len} {bar:25} {per_sec} eta {eta} {msg}",
+    );
+    training.set_prefix(p.to_string());
+    training.set_position((start_epoch * steps_per_epoch) as u64);
+    let total_steps = preset.epochs * steps_per_epoch;
+    for epoch in start_epoch..preset.epochs {
+        let mut order: Vec<usize> = (0..train_inputs.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(
+            options.seed ^ ((epoch as u64 + 1) * 0x9E37_79B9),
+        ));
+        let mut epoch_loss = vec![0.0f64; preset.students];
+        for (batch_index, batch) in order.chunks(preset.batch).enumerate() {
+            let b = batch.len();
+            let mut x = Vec::with_capacity(b * 3 * width * height);
+            let mut y = Vec::with_capacity(b * DESCRIPTOR_DIM * pixels);
+            for &i in batch {
+                x.extend_from_slice(&train_inputs[i]);
+                y.extend_from_slice(&targets[i]);
+            }
+            let x: Tensor<4> = Tensor::from_data(TensorData::new(x, [b, 3, height, width]), device);
+            let y: Tensor<4> =
+                Tensor::from_data(TensorData::new(y, [b, DESCRIPTOR_DIM, mh, mw]), device);
+            let mut total: Option<Tensor<1>> = None;
+            let mut values = Vec::with_capacity(preset.students);
+            for student in &ensemble.students {
+                let s = student.forward(x.clone(), mode)?;
+                // Mean over pixels (and batch) of the squared L2 distance of descriptors.
+                let loss = (s - y.clone()).powi_scalar(2).sum_dim(1).mean();
+                values.push(crate::teacher::scalar(loss.clone()));
+                total = Some(match total {
+                    Some(t) => t + loss,
+                    None => loss,
+                });
+            }
+            let Some(total) = total else {
+                bail!("no students")
+            };
+            let grads = GradientsParams::from_grads(total.backward(), &ensemble);
+            let step = epoch * steps_per_epoch + batch_index;
+            let rate = preset
+                .schedule
+                .rate(preset.learning_rate, step, total_steps);
+            ensemble = optimizer.step(rate, ensemble, grads);
+            if values.iter().any(|v| !v.is_finite()) {
+                bail!(
+                    "p = {p}: student training diverged in epoch {} (losses {values:?})",
+                    epoch + 1
+                );
+            }
+            for (e, v) in epoch_loss.iter_mut().zip(&values) {
+                *e += *v as f64 * b as f64;
+            }
+            training.set_message(format!(
+                "epoch {} lr {rate:.1e} loss {:.3}",
+                epoch + 1,
+                values.iter().sum::<f32>() / values.len() as f32
+            ));
+            training.inc(1);
+        }
+        losses.push(
+            epoch_loss
+                .iter()
+                .map(|l| (*l / train_inputs.len() as f64) as f32)
+                .collect(),
+        );
+        std::fs::create_dir_all(ckpt)?;
+        ensemble
+            .clone()
+            .save_file(ckpt.join("students.bpk"))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.display()))?;
+        optimizer
+            .save(ckpt.join("optimizer.bpk"))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.display()))?;
+        let state = FitCheckpoint {
+            scale: scale_index,
+            epoch: epoch + 1,
+            seed: options.seed,
+            student_channel_divisor: scale.student_channel_divisor,
+            losses: losses.clone(),
+        };
+        std::fs::write(ckpt.join("state.json"), serde_json::to_vec(&state)?)?;
+        log::info!(
+            "p = {p}: epoch {} student losses {:?}",
+            epoch + 1,
+            losses.last()
+        );
+    }
+    training.finish_and_clear();
+    Ok((ensemble, losses))
+}
+
+/// One scale as it is exported: the teacher, the statistics its output is normalised by, and
+/// the students' weights.
+struct FittedScale {
+    teacher: FitTeacher,
+    norm: ChannelNorm,
+    students: Vec<NetworkWeights>,
+}
+
+/// Step 4 (presets with `whiten_residual`): each scale's residual whitened on the spare images
+/// (the fit images when there are none), folded into its teacher and students. Returns what
+/// the provenance records.
+fn whiten_residuals(
+    preset: &Preset,
+    work: &Path,
+    spec: &InputSpec,
+    splits: &Splits,
+    scales: &mut [FittedScale],
+) -> Result<Vec<String>> {
+    let held_out = !splits.spare.inputs.is_empty();
+    let images = if held_out { &splits.spare } else { &splits.fit };
+    // The held-out images were already cut to `whitening_images` before loading; this bounds
+    // the fit images standing in for them.
+    let inputs = &images.inputs[..images.inputs.len().min(preset.whitening_images)];
+    let mut notes = Vec::new();
+    for (fitted, scale) in scales.iter_mut().zip(&preset.scales) {
+        let (whitening, summary) = measure_whitening(
+            work,
+            &fitted.teacher,
+            &fitted.norm,
+            &fitted.students,
+            spec,
+            scale.stride,
+            inputs,
+        )?;
+        fitted.teacher = fitted.teacher.whitened(&whitening, &fitted.norm)?;
+        fitted.students = fitted
+            .students
+            .iter()
+            .map(|s| whitening.network(s, None))
+            .collect::<Result<_, _>>()?;
+        fitted.norm = ChannelNorm::identity(DESCRIPTOR_DIM);
+        log::info!(
+            "p = {}: residual whitened on {} images (its 8 largest directions held {:.0} %)",
+            scale.patch_size,
+            summary.images,
+            summary.top8_share * 100.0
+        );
+        notes.push(format!(
+            "p{}-s{}: Σ^-1/2 of the residual on {} {} images, shrinkage {}, top 8 of {} directions {:.1} %",
+            scale.patch_size,
+            scale.stride,
+            summary.images,
+            if held_out { "held-out" } else { "fit" },
+            crate::whiten::SHRINKAGE,
+            DESCRIPTOR_DIM,
+            summary.top8_share * 100.0
+        ));
+    }
+    Ok(notes)
+}
+
+/// Writes the bundle of `scales` to `target` with the given calibrations and decision.
+fn export_bundle(
+    target: &Path,
+    preset: &Preset,
+    spec: &InputSpec,
+    scales: &[FittedScale],
+    calibrations: &[Calibration],
+    decision: Decision,
+    provenance: Provenance,
+) -> Result<Bundle> {
+    let exports: Vec<ScaleExport<'_>> = preset
+        .scales
+        .iter()
+        .zip(scales)
+        .zip(calibrations)
+        .map(|((s, fitted), calibration)| ScaleExport {
+            stride: s.stride,
+            teacher: fitted.teacher.export(),
+            students: &fitted.students,
+            teacher_norm: fitted.norm.clone(),
+            calibration: *calibration,
+        })
+        .collect();
+    Ok(write_bundle(
+        target,
+        spec.clone(),
+        &exports,
+        preset.image_score,
+        decision,
+        provenance,
+    )?)
+}
+
+/// Step 5: exported to `staging` with identity calibration, e and v measured on the
+/// validation images by the exported bundle itself, re-exported calibrated, and the threshold
+/// chosen from its scores. Returns the calibrations, the threshold and the calibrated engine.
+fn calibrate(
+    options: &FitOptions,
+    spec: &InputSpec,
+    staging: &Path,
+    scales: &[FittedScale],
+    validation: &[Vec<f32>],
+    provenance: &Provenance,
+) -> Result<(Vec<Calibration>, ThresholdChoice, Engine)> {
+    let preset = &options.preset;
     let identity = vec![Calibration::IDENTITY; preset.scales.len()];
     let placeholder = Decision {
         threshold: 0.0,
         rule: "uncalibrated".into(),
     };
-    let bundle = export(&staging, &identity, placeholder.clone(), provenance.clone())?;
-    let mut engine = Engine::load(bundle, EngineOptions::default())?;
+    let export = |calibrations: &[Calibration]| {
+        export_bundle(
+            staging,
+            preset,
+            spec,
+            scales,
+            calibrations,
+            placeholder.clone(),
+            provenance.clone(),
+        )
+    };
+    let mut engine = Engine::load(export(&identity)?, EngineOptions::default())?;
     let mut e_stats = vec![RunningStats::default(); preset.scales.len()];
     let mut v_stats = vec![RunningStats::default(); preset.scales.len()];
     let calibrating = bar(
-        val_images.inputs.len() * 2,
+        validation.len() * 2,
         options.progress,
         "calibrating {pos}/{len} {bar:30} {per_sec}",
     );
-    for input in &val_images.inputs {
+    for input in validation {
         engine.analyze_input(input)?;
         for (i, maps) in engine.scale_maps().iter().enumerate() {
             e_stats[i].extend(maps.error);
@@ -902,29 +1104,47 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
         .zip(&v_stats)
         .map(|(e, v)| Calibration::from_statistics(e, v, preset.variance_weight))
         .collect();
-    let bundle = export(&staging, &calibrations, placeholder, provenance.clone())?;
-    let mut engine = Engine::load(bundle, EngineOptions::default())?;
-    let mut scores = Vec::with_capacity(val_images.inputs.len());
-    for input in &val_images.inputs {
+    let mut engine = Engine::load(export(&calibrations)?, EngineOptions::default())?;
+    let mut scores = Vec::with_capacity(validation.len());
+    for input in validation {
         scores.push(engine.analyze_input(input)?.score);
         calibrating.inc(1);
     }
     calibrating.finish_and_clear();
     let choice = threshold_from_good(&scores, options.target_false_reject_rate, options.margin)?;
+    Ok((calibrations, choice, engine))
+}
 
-    // Parity: the trainer's own forward pass (burn) against the exported bundle (tract).
-    let parity_images = val_images.inputs.len().min(3);
-    let mut parity_max = 0.0f32;
-    let mut parity_sum = 0.0f64;
-    let mut parity_count = 0usize;
-    for input in &val_images.inputs[..parity_images] {
+/// How far the trainer's own anomaly maps (burn) are from the exported bundle's (tract).
+struct Parity {
+    max_abs: f32,
+    mean_abs: f32,
+    images: usize,
+}
+
+/// Step 6: parity of the trainer's forward pass (burn) against the calibrated bundle run by
+/// tract, on up to 3 validation images.
+fn f32_parity(
+    preset: &Preset,
+    device: &Device,
+    engine: &mut Engine,
+    scales: &[FittedScale],
+    calibrations: &[Calibration],
+    validation: &[Vec<f32>],
+) -> Result<Parity> {
+    let (height, width) = (preset.height, preset.width);
+    let images = validation.len().min(3);
+    let mut max_abs = 0.0f32;
+    let mut sum = 0.0f64;
+    let mut count = 0usize;
+    for input in &validation[..images] {
         engine.analyze_input(input)?;
         let maps: Vec<(Vec<f32>, Vec<f32>)> = engine
             .scale_maps()
             .iter()
             .map(|m| (m.error.to_vec(), m.variance.to_vec()))
             .collect();
-        for (i, scale) in preset.scales.iter().enumerate() {
+        for (i, (scale, fitted)) in preset.scales.iter().zip(scales).enumerate() {
             let mode = Mode::Image {
                 stride: scale.stride,
             };
@@ -932,14 +1152,15 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
                 TensorData::new(input.clone(), [1, 3, height, width]),
                 device,
             );
-            let t: Vec<f32> = match &teachers[i] {
+            let t: Vec<f32> = match &fitted.teacher {
                 FitTeacher::Distilled(weights) => {
                     let teacher = PatchNet::from_weights(weights, device)?;
                     let t = crate::net::to_vec(teacher.forward(x.clone(), mode)?);
                     let pixels = t.len() / DESCRIPTOR_DIM;
+                    let norm = &fitted.norm;
                     t.iter()
                         .enumerate()
-                        .map(|(k, v)| (v - norms[i].mean[k / pixels]) / norms[i].std[k / pixels])
+                        .map(|(k, v)| (v - norm.mean[k / pixels]) / norm.std[k / pixels])
                         .collect()
                 }
                 // burn has no backbone: the students' parity is checked against tract's
@@ -956,7 +1177,8 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
             };
             let pixels = t.len() / DESCRIPTOR_DIM;
             // The exported weights (whitened, where the preset says so) run by burn.
-            let students: Vec<Vec<f32>> = student_weights[i]
+            let students: Vec<Vec<f32>> = fitted
+                .students
                 .iter()
                 .map(|w| -> Result<Vec<f32>> {
                     let student = PatchNet::from_weights(w, device)?;
@@ -971,26 +1193,39 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
                 let ours = c.normalise(e[k], v[k]);
                 let theirs = c.normalise(maps[i].0[k], maps[i].1[k]);
                 let d = (ours - theirs).abs();
-                parity_max = parity_max.max(d);
-                parity_sum += d as f64;
-                parity_count += 1;
+                max_abs = max_abs.max(d);
+                sum += d as f64;
+                count += 1;
             }
         }
     }
-    let parity_mean = (parity_sum / parity_count.max(1) as f64) as f32;
+    Ok(Parity {
+        max_abs,
+        mean_abs: (sum / count.max(1) as f64) as f32,
+        images,
+    })
+}
 
-    let extra = &mut provenance.extra;
+/// Step 7: what the fit was, into the bundle's provenance.
+fn record_fit(
+    extra: &mut BTreeMap<String, toml::Value>,
+    options: &FitOptions,
+    splits: &Splits,
+    scales: &[FittedScale],
+    final_losses: &[Vec<f32>],
+    parity: &Parity,
+    validation_false_reject_rate: f64,
+) -> Result<()> {
+    let preset = &options.preset;
+    let int = |n: usize| toml::Value::Integer(n as i64);
     extra.insert("preset".into(), toml::Value::String(preset.name.clone()));
-    extra.insert(
-        "fit_images".into(),
-        toml::Value::Integer(fit_images.paths.len() as i64),
-    );
+    extra.insert("fit_images".into(), int(splits.fit.paths.len()));
     extra.insert(
         "validation_images".into(),
-        toml::Value::Integer(val_images.paths.len() as i64),
+        int(splits.validation.paths.len()),
     );
-    extra.insert("epochs".into(), toml::Value::Integer(preset.epochs as i64));
-    extra.insert("batch".into(), toml::Value::Integer(preset.batch as i64));
+    extra.insert("epochs".into(), int(preset.epochs));
+    extra.insert("batch".into(), int(preset.batch));
     extra.insert(
         "learning_rate".into(),
         toml::Value::Float(preset.learning_rate),
@@ -1004,15 +1239,15 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
             preset
                 .scales
                 .iter()
-                .zip(&teachers)
-                .map(|(s, t)| toml::Value::String(t.describe(options, s.patch_size)))
+                .zip(scales)
+                .map(|(s, f)| toml::Value::String(f.teacher.describe(options, s.patch_size)))
                 .collect(),
         ),
     );
     extra.insert(
         "final_student_losses".into(),
         toml::Value::Array(
-            all_losses
+            final_losses
                 .iter()
                 .flatten()
                 .map(|l| toml::Value::Float(*l as f64))
@@ -1021,142 +1256,134 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
     );
     extra.insert(
         "parity_f32_max_abs".into(),
-        toml::Value::Float(parity_max as f64),
+        toml::Value::Float(parity.max_abs as f64),
     );
     extra.insert(
         "parity_f32_mean_abs".into(),
-        toml::Value::Float(parity_mean as f64),
+        toml::Value::Float(parity.mean_abs as f64),
     );
-    extra.insert(
-        "parity_images".into(),
-        toml::Value::Integer(parity_images as i64),
-    );
+    extra.insert("parity_images".into(), int(parity.images));
     extra.insert(
         "validation_false_reject_rate".into(),
-        toml::Value::Float(choice.false_reject_rate_on_calibration),
+        toml::Value::Float(validation_false_reject_rate),
     );
-    let decision = Decision {
-        threshold: choice.threshold,
-        rule: choice.describe(),
-    };
-    export(out, &calibrations, decision, provenance)?;
-    std::fs::remove_dir_all(&staging).ok();
-    // --- int8 export (quantize.rs) ---
-    // QOperator graphs calibrated on up to 32 fit images, validated by `Bundle::load`, then a
-    // parity report (f32 vs int8 bundle, both run by tract) into the provenance.
-    if options.precision.int8() {
-        use ustad_core::bundle::int8::{activation_ranges, int8_graph};
-        use ustad_core::bundle::{NetworkFiles, Precision};
-        let calibration = &fit_images.inputs[..fit_images.inputs.len().min(32)];
-        let mut bundle = Bundle::load(out)?;
-        for (i, scale) in preset.scales.iter().enumerate() {
-            let (p, s) = (scale.patch_size, scale.stride);
-            let graph_spec = |norm: Option<ChannelNorm>| GraphSpec {
-                height,
-                width,
-                mode: Mode::Image { stride: s },
-                output_norm: norm,
-            };
-            let write =
-                |weights: &NetworkWeights, graph: GraphSpec, file: String| -> Result<String> {
-                    let ranges = activation_ranges(weights, &graph, calibration)?;
-                    save_model(&int8_graph(weights, &graph, &ranges)?, &out.join(&file))?;
-                    Ok(file)
-                };
-            let teacher = match &teachers[i] {
-                FitTeacher::Distilled(weights) => write(
-                    weights,
-                    graph_spec(Some(norms[i].clone())),
-                    format!("p{p}-s{s}-teacher-int8.onnx"),
-                )?,
-                // No int8 backbone: the int8 students run beside the f32 feature teacher.
-                FitTeacher::Backbone(..) => bundle.manifest.scales[i].teacher.clone(),
-            };
-            let students = student_weights[i]
-                .iter()
-                .enumerate()
-                .map(|(k, w)| {
-                    write(
-                        w,
-                        graph_spec(None),
-                        format!("p{p}-s{s}-student{k}-int8.onnx"),
-                    )
-                })
-                .collect::<Result<_>>()?;
-            bundle.manifest.scales[i].int8 = Some(NetworkFiles { teacher, students });
-        }
-        bundle.save_manifest()?;
-        let bundle = Bundle::load(out)?;
-        let mut f32_engine = Engine::load(bundle.clone(), EngineOptions::default())?;
-        let mut int8_engine = Engine::load(
-            bundle.clone(),
-            EngineOptions {
-                precision: Precision::Int8,
-                ..EngineOptions::default()
-            },
-        )?;
-        let images = &val_images.inputs[..val_images.inputs.len().min(8)];
-        let (mut map_max, mut map_sum, mut count, mut score_max) = (0.0f32, 0.0f64, 0usize, 0.0f32);
-        let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-        for input in images {
-            let a = f32_engine.analyze_input(input)?;
-            let (a_map, a_score) = (a.map.to_vec(), a.score);
-            let b = int8_engine.analyze_input(input)?;
-            score_max = score_max.max((a_score - b.score).abs());
-            for (x, y) in a_map.iter().zip(b.map) {
-                let d = (x - y).abs();
-                map_max = map_max.max(d);
-                map_sum += d as f64;
-                lo = lo.min(*x);
-                hi = hi.max(*x);
-            }
-            count += a_map.len();
-        }
-        let map_mean = (map_sum / count.max(1) as f64) as f32;
-        let spread = (hi - lo).max(f32::MIN_POSITIVE);
-        let mut bundle = bundle;
-        let extra = &mut bundle.manifest.provenance.extra;
-        for (key, value) in [
-            ("parity_int8_map_max_abs", map_max),
-            ("parity_int8_map_mean_abs", map_mean),
-            ("parity_int8_map_max_rel_spread", map_max / spread),
-            ("parity_int8_map_mean_rel_spread", map_mean / spread),
-            ("parity_int8_score_max_abs", score_max),
-        ] {
-            extra.insert(key.into(), toml::Value::Float(value as f64));
-        }
-        extra.insert(
-            "parity_int8_images".into(),
-            toml::Value::Integer(images.len() as i64),
-        );
-        extra.insert(
-            "int8_calibration_images".into(),
-            toml::Value::Integer(calibration.len() as i64),
-        );
-        bundle.save_manifest()?;
-        log::info!(
-            "int8 parity on {} images: map max {map_max:.4} mean {map_mean:.4} (f32 map spread {spread:.4}), score max {score_max:.4}",
-            images.len()
-        );
+    Ok(())
+}
+
+/// Step 8: int8 QOperator graphs (`ustad_core::bundle::int8`) calibrated on up to 32 fit
+/// images, added to the bundle at `out` and validated by `Bundle::load`, then a parity report
+/// (the f32 and int8 bundles, both run by tract) into its provenance.
+fn export_int8(
+    out: &Path,
+    preset: &Preset,
+    spec: &InputSpec,
+    scales: &[FittedScale],
+    fit: &[Vec<f32>],
+    validation: &[Vec<f32>],
+) -> Result<()> {
+    use ustad_core::bundle::NetworkFiles;
+    use ustad_core::bundle::int8::{activation_ranges, int8_graph};
+    let (height, width) = (spec.height, spec.width);
+    let calibration = &fit[..fit.len().min(32)];
+    let mut bundle = Bundle::load(out)?;
+    for (i, (scale, fitted)) in preset.scales.iter().zip(scales).enumerate() {
+        let (p, s) = (scale.patch_size, scale.stride);
+        let graph_spec = |norm: Option<ChannelNorm>| GraphSpec {
+            height,
+            width,
+            mode: Mode::Image { stride: s },
+            output_norm: norm,
+        };
+        let write = |weights: &NetworkWeights, graph: GraphSpec, file: String| -> Result<String> {
+            let ranges = activation_ranges(weights, &graph, calibration)?;
+            save_model(&int8_graph(weights, &graph, &ranges)?, &out.join(&file))?;
+            Ok(file)
+        };
+        let teacher = match &fitted.teacher {
+            FitTeacher::Distilled(weights) => write(
+                weights,
+                graph_spec(Some(fitted.norm.clone())),
+                format!("p{p}-s{s}-teacher-int8.onnx"),
+            )?,
+            // No int8 backbone: the int8 students run beside the f32 feature teacher.
+            FitTeacher::Backbone(..) => bundle.manifest.scales[i].teacher.clone(),
+        };
+        let students = fitted
+            .students
+            .iter()
+            .enumerate()
+            .map(|(k, w)| {
+                write(
+                    w,
+                    graph_spec(None),
+                    format!("p{p}-s{s}-student{k}-int8.onnx"),
+                )
+            })
+            .collect::<Result<_>>()?;
+        bundle.manifest.scales[i].int8 = Some(NetworkFiles { teacher, students });
     }
-    // --- end int8 export ---
-    for entry in std::fs::read_dir(&work)?.flatten() {
-        if entry.path().extension().is_some_and(|e| e == "onnx") {
-            std::fs::remove_file(entry.path()).ok();
+    bundle.save_manifest()?;
+    int8_parity(
+        Bundle::load(out)?,
+        &validation[..validation.len().min(8)],
+        calibration.len(),
+    )
+}
+
+/// The int8 bundle's maps and scores against the f32 ones on `images`, into the provenance.
+fn int8_parity(bundle: Bundle, images: &[Vec<f32>], calibration_images: usize) -> Result<()> {
+    use ustad_core::bundle::Precision;
+    let mut f32_engine = Engine::load(bundle.clone(), EngineOptions::default())?;
+    let mut int8_engine = Engine::load(
+        bundle.clone(),
+        EngineOptions {
+            precision: Precision::Int8,
+            ..EngineOptions::default()
+        },
+    )?;
+    let (mut map_max, mut map_sum, mut count, mut score_max) = (0.0f32, 0.0f64, 0usize, 0.0f32);
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for input in images {
+        let a = f32_engine.analyze_input(input)?;
+        let (a_map, a_score) = (a.map.to_vec(), a.score);
+        let b = int8_engine.analyze_input(input)?;
+        score_max = score_max.max((a_score - b.score).abs());
+        for (x, y) in a_map.iter().zip(b.map) {
+            let d = (x - y).abs();
+            map_max = map_max.max(d);
+            map_sum += d as f64;
+            lo = lo.min(*x);
+            hi = hi.max(*x);
         }
+        count += a_map.len();
     }
-    Ok(FitReport {
-        preset: preset.name.clone(),
-        fit_images: fit_images.paths.len(),
-        validation_images: val_images.paths.len(),
-        epochs: preset.epochs,
-        final_student_losses: all_losses,
-        calibration: calibrations,
-        threshold: choice.threshold,
-        parity_max_abs: parity_max,
-        parity_mean_abs: parity_mean,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    let map_mean = (map_sum / count.max(1) as f64) as f32;
+    let spread = (hi - lo).max(f32::MIN_POSITIVE);
+    let mut bundle = bundle;
+    let extra = &mut bundle.manifest.provenance.extra;
+    for (key, value) in [
+        ("parity_int8_map_max_abs", map_max),
+        ("parity_int8_map_mean_abs", map_mean),
+        ("parity_int8_map_max_rel_spread", map_max / spread),
+        ("parity_int8_map_mean_rel_spread", map_mean / spread),
+        ("parity_int8_score_max_abs", score_max),
+    ] {
+        extra.insert(key.into(), toml::Value::Float(value as f64));
+    }
+    extra.insert(
+        "parity_int8_images".into(),
+        toml::Value::Integer(images.len() as i64),
+    );
+    extra.insert(
+        "int8_calibration_images".into(),
+        toml::Value::Integer(calibration_images as i64),
+    );
+    bundle.save_manifest()?;
+    log::info!(
+        "int8 parity on {} images: map max {map_max:.4} mean {map_mean:.4} (f32 map spread {spread:.4}), score max {score_max:.4}",
+        images.len()
+    );
+    Ok(())
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` without a date crate (civil-from-days, H. Hinnant).
