@@ -235,11 +235,11 @@ level = "warn"
             return
         filler = self.archive_root / "filler"
         began = self.now()
-        with open(filler, "wb") as f:
+        # Unbuffered: a buffered writer keeps what did not fit and raises ENOSPC again on close.
+        with open(filler, "wb", buffering=0) as f:
             try:
-                while True:
-                    f.write(b"\0" * (1 << 16))
-                    f.flush()
+                while f.write(b"\0" * (1 << 16)):
+                    pass
             except OSError:
                 pass
         self.events.append({"t": began, "event": "archive disk full"})
