@@ -116,7 +116,6 @@ fn score(
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let files = ustad_core::images::collect_images(inputs)?;
-    let input_spec = engine.bundle().manifest.input.clone();
     if files.is_empty() {
         bail!("no images found in {inputs:?}");
     }
@@ -142,9 +141,8 @@ fn score(
                     analysis.verdict
                 );
                 if let Some(dir) = heatmaps {
-                    let rgb = ustad_core::judge::preprocess::resize_rgb(&image, &input_spec);
                     let overlay = heatmap::overlay_at_threshold(
-                        &rgb,
+                        analysis.input,
                         analysis.map,
                         analysis.width,
                         analysis.height,

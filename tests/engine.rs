@@ -253,6 +253,42 @@ fn f16_precision_stays_close_to_f32() {
     );
 }
 
+#[test]
+fn the_engine_resizes_a_frame_once_and_returns_what_it_judged() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bundle = ustad_core::bundle::Bundle::load(&root.join("models/bundles/mtd-edge-fast"))
+        .expect("shipped bundle");
+    let spec = bundle.manifest.input.clone();
+    let tile = root.join("../shared/data/mtd/test/good/exp0_num_743.jpg");
+    let image = image::open(&tile).expect("MTD tile");
+    assert_ne!(
+        (image.width() as usize, image.height() as usize),
+        (spec.width, spec.height),
+        "the tile must need resizing for this test to mean anything"
+    );
+    let mut engine = Engine::load(bundle, EngineOptions::default()).expect("engine");
+    let analysis = engine.analyze(&image).expect("judged");
+    // The overlay's picture is the network's input, not a second resize of the frame.
+    assert_eq!(*analysis.input, preprocess::resize_rgb(&image, &spec));
+    assert_eq!(
+        (
+            analysis.input.width() as usize,
+            analysis.input.height() as usize
+        ),
+        (spec.width, spec.height)
+    );
+    assert_eq!(
+        *engine.judged_image(),
+        preprocess::resize_rgb(&image, &spec)
+    );
+    let input = preprocess::to_input(&image, &spec);
+    let again = engine.analyze_input(&input).expect("judged input");
+    assert!(
+        again.input.is_empty(),
+        "no frame stands behind a normalised input"
+    );
+}
+
 /// Tool, not a check: writes the random-weight bundles that `ustad bench` times for the
 /// foundation's speed numbers (one p = 65 scale, teacher + 3 students, 256×256, stride 1 and 8):
 /// `USTAD_BENCH_BUNDLES=/tmp/bench cargo test --test engine -- --ignored write_speed_bundles`

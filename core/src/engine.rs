@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use image::DynamicImage;
+use image::{DynamicImage, RgbImage};
 use rayon::prelude::*;
 use thiserror::Error;
 use tract_onnx::prelude::*;
@@ -174,6 +174,9 @@ pub struct Analysis<'a> {
     pub map: &'a [f32],
     pub width: usize,
     pub height: usize,
+    /// The frame as judged, at the input resolution (empty after
+    /// [`Engine::analyze_input`]): overlays are drawn on it, so nothing resizes a frame twice.
+    pub input: &'a RgbImage,
 }
 
 /// Raw per-scale maps of the last frame, for calibration and evaluation.
@@ -196,6 +199,8 @@ pub struct Engine {
     networks: Vec<NetworkRunner>,
     scales: Vec<ScaleState>,
     fused: Vec<f32>,
+    /// The frame of the last [`Engine::analyze`], resized to the input.
+    judged: RgbImage,
     scorer: ImageScorer,
     pool: rayon::ThreadPool,
 }
@@ -300,6 +305,7 @@ impl Engine {
         Ok(Self {
             threshold: m.decision.threshold,
             fused: vec![0.0; width * height],
+            judged: RgbImage::new(0, 0),
             bundle,
             options,
             input,
@@ -337,12 +343,21 @@ impl Engine {
         self.threshold = threshold;
     }
 
-    /// Judges one image: resize, normalise, run, score.
+    /// Judges one image: resize (once; [`Analysis::input`] and [`Engine::judged_image`] keep
+    /// the result), normalise, run, score.
     pub fn analyze(&mut self, image: &DynamicImage) -> Result<Analysis<'_>, EngineError> {
         let spec = self.bundle.manifest.input.clone();
         let rgb = preprocess::resize_rgb(image, &spec);
-        self.fill_input(|buffer| preprocess::normalise_into(&rgb, &spec, buffer))?;
+        let filled = self.fill_input(|buffer| preprocess::normalise_into(&rgb, &spec, buffer));
+        self.judged = rgb;
+        filled?;
         self.run_current_input()
+    }
+
+    /// The frame the last [`Engine::analyze`] judged, at the input resolution, also when the
+    /// networks then failed (a failed part is still shown and archived as it was seen).
+    pub fn judged_image(&self) -> &RgbImage {
+        &self.judged
     }
 
     /// Judges an already normalised CHW input of the bundle's size.
@@ -355,6 +370,7 @@ impl Engine {
             });
         }
         self.fill_input(|buffer| buffer.copy_from_slice(input))?;
+        self.judged = RgbImage::new(0, 0);
         self.run_current_input()
     }
 
@@ -462,6 +478,7 @@ impl Engine {
             map: &self.fused,
             width,
             height,
+            input: &self.judged,
         })
     }
 }

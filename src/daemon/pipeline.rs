@@ -47,7 +47,6 @@ use crate::clock::{Clock, Timestamp};
 use crate::config::{ArchiveConfig, FailSafePolicy, ModelConfig, Roi};
 use ustad_core::engine::Engine;
 use ustad_core::judge::decide;
-use ustad_core::judge::preprocess;
 
 use super::archive::{Archive, OverlaySource, PartRecord, Timings};
 use super::metrics::{FailReason, LastPart, LatestFrame, Metrics, PartEvent};
@@ -563,27 +562,23 @@ impl InferenceStage {
                 return out;
             }
         };
-        let spec = self.engine.bundle().manifest.input.clone();
-        let input = DynamicImage::ImageRgb8(preprocess::resize_rgb(
-            &DynamicImage::ImageRgb8(region),
-            &spec,
-        ));
         let started = Instant::now();
-        let analysis = self.engine.analyze(&input).map(|a| {
-            (
-                a.score,
-                a.verdict,
-                Arc::new(a.map.to_vec()),
-                a.width,
-                a.height,
-            )
-        });
+        let analysis = self
+            .engine
+            .analyze(&DynamicImage::ImageRgb8(region))
+            .map(|a| {
+                (
+                    a.score,
+                    a.verdict,
+                    Arc::new(a.map.to_vec()),
+                    a.width,
+                    a.height,
+                )
+            });
         out.inference = Some(started.elapsed());
         out.decided = self.verdicts.clock.now();
-        let rgb = match input {
-            DynamicImage::ImageRgb8(rgb) => Arc::new(rgb),
-            other => Arc::new(other.to_rgb8()),
-        };
+        // The frame as the engine judged it (resized once, there).
+        let rgb = Arc::new(self.engine.judged_image().clone());
         match analysis {
             Err(e) => {
                 out.view = Some((rgb, Arc::new(Vec::new()), 0, 0));
