@@ -35,13 +35,10 @@ slow_under_qemu=(--skip reference::tests::image_mode_equals_patch_network_at_eve
                  --skip exported_graphs_match_the_reference_network
                  --skip engine_scores_follow_the_formulas)
 
-stage "aarch64 build (libs, tests, bin)" cargo test -p ustad --target "$a64" --lib --bins --test engine --test bundle --no-run
-stage "aarch64 core build (lib tests)" cargo test -p ustad-core --target "$a64" --lib --no-run
-stage "aarch64 core tests under qemu (networks, judge, bundle, engine)" \
-  env UST_PACKAGE=ustad-core bash cross/test.sh "$a64" --lib -- "${slow_under_qemu[@]}"
-stage "aarch64 tests under qemu (lib + bin + engine + bundle)" \
+stage "aarch64 build (libs, tests, bin)" cargo test -p ustad -p ustad-core --target "$a64" --lib --bins --test engine --test bundle --no-run
+stage "aarch64 tests under qemu (both libs + bin + engine + bundle)" \
   bash cross/test.sh "$a64" --lib --bins --test engine --test bundle -- "${slow_under_qemu[@]}"
-stage "armv7 build (lib, engine test, bin)" cargo test -p ustad --target "$a32" --test engine --no-run
+stage "armv7 build (lib, engine test, bin)" cargo test -p ustad -p ustad-core --target "$a32" --test engine --no-run
 # armv7 has no fp16 arithmetic: tract's f16 path falls back to scalar code that is impractically
 # slow under emulation, and f16 is an ARMv8.2 option anyway.
 stage "armv7 scoring tests under qemu (engine)" bash cross/test.sh "$a32" --test engine -- "${slow_under_qemu[@]}" --skip f16_precision_stays_close_to_f32

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs the `ustad` crate's tests (or UST_PACKAGE's: `ustad-core` for the networks, judging
-# math, bundle and engine unit tests) for an ARM target under qemu-user (runners and the tract
-# CPU knobs come from .cargo/config.toml).
+# Runs the tests of `ustad` and `ustad-core` (the networks, judging math, bundle and engine)
+# for an ARM target under qemu-user (runners and the tract CPU knobs come from
+# .cargo/config.toml). Both packages go in one cargo call: built apart, their features resolve
+# differently and the second call rebuilds tract (6 min of CI).
 #
-# Usage: [UST_PACKAGE=ustad-core] cross/test.sh TARGET [SUBSET] [CARGO_TEST_ARGS...]
+# Usage: [UST_PACKAGES="ustad ustad-core"] cross/test.sh TARGET [SUBSET] [CARGO_TEST_ARGS...]
 #   cross/test.sh aarch64-unknown-linux-gnu                     # everything: lib, bins, tests/
 #   cross/test.sh aarch64-unknown-linux-gnu --lib               # unit tests only
 #   cross/test.sh armv7-unknown-linux-gnueabihf --test engine   # the scoring-engine tests
@@ -39,8 +40,9 @@ if [ ${#args[@]} -ge 1 ]; then
   esac
 fi
 
-package="${UST_PACKAGE:-ustad}"
-echo "== cargo test -p $package --target $target ${args[*]} (under $qemu)"
+packages=()
+for p in ${UST_PACKAGES:-ustad ustad-core}; do packages+=(-p "$p"); done
+echo "== cargo test ${packages[*]} --target $target ${args[*]} (under $qemu)"
 s=$(date +%s)
-cargo test -p "$package" --target "$target" "${args[@]}"
+cargo test "${packages[@]}" --target "$target" "${args[@]}"
 echo "== cross/test.sh $target: $(( $(date +%s) - s )) s"
