@@ -13,6 +13,7 @@
 //! of the batch. Fresh random crops every step: the backbone is cheap next to the teacher's
 //! backward pass, so nothing is cached.
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -344,22 +345,8 @@ pub fn train_dense(options: &TeacherOptions, device: &Device) -> Result<TeacherR
     let ckpt = super::checkpoint_dir(&options.out);
     let started = Instant::now();
 
-    let resumed: Option<DenseCheckpoint> = if options.resume {
-        let path = ckpt.join("state.json");
-        let state: DenseCheckpoint = serde_json::from_slice(
-            &std::fs::read(&path)
-                .with_context(|| format!("--resume: no checkpoint in {}", ckpt.display()))?,
-        )
-        .with_context(|| format!("{}: bad dense checkpoint state", path.display()))?;
-        let asked = (p, options.seed, grid.stride, options.crop_size);
-        let found = (state.patch_size, state.seed, state.stride, state.crop_size);
-        if asked != found {
-            bail!(
-                "{}: checkpoint is for (p, seed, stride, crop) = {found:?}; asked {asked:?}",
-                ckpt.display()
-            );
-        }
-        Some(state)
+    let resumed = if options.resume {
+        Some(read_checkpoint(options, &ckpt, grid.stride)?)
     } else {
         None
     };
@@ -490,17 +477,7 @@ pub fn train_dense(options: &TeacherOptions, device: &Device) -> Result<TeacherR
                 target_std: target_std.clone(),
                 history: history.clone(),
             };
-            std::fs::create_dir_all(&ckpt)
-                .with_context(|| format!("creating {}", ckpt.display()))?;
-            model
-                .clone()
-                .save_file(ckpt.join("model.bpk"))
-                .map_err(|e| anyhow!("{}: {e}", ckpt.join("model.bpk").display()))?;
-            optimizer
-                .save(ckpt.join("optimizer.bpk"))
-                .map_err(|e| anyhow!("{}: {e}", ckpt.join("optimizer.bpk").display()))?;
-            std::fs::write(ckpt.join("state.json"), serde_json::to_vec(&state)?)
-                .with_context(|| format!("writing {}", ckpt.join("state.json").display()))?;
+            super::write_checkpoint(&ckpt, &state, &model, &optimizer)?;
         }
     }
     bar.finish();
@@ -510,24 +487,14 @@ pub fn train_dense(options: &TeacherOptions, device: &Device) -> Result<TeacherR
         last_train_k = history.last().map(|r| r.train_k).unwrap_or(f32::NAN);
     }
 
-    // The probe: one least-squares decoder per teacher on the same cells.
-    let probe_set = {
-        let mut rng = StdRng::seed_from_u64(options.seed ^ 0x0B5E_55ED);
-        let count = options
-            .probe_cells
-            .div_ceil(grid.height * grid.width)
-            .max(1);
-        let crops = sample_crops(&setup, &setup.train_images, count, options, &mut rng);
-        let targets = setup.normalised_targets(&crops, &target_mean, &target_std)?;
-        CropSet { crops, targets }
-    };
-    let fitted = |teacher: &PatchNet| {
-        let (x, y) = probe_rows(teacher, &probe_set, &setup, options.batch, device);
-        let (xv, yv) = probe_rows(teacher, &validation, &setup, options.batch, device);
-        least_squares_validation_error(&x, &y, &xv, &yv, DESCRIPTOR_DIM, channels)
-    };
-    let fitted_validation_k = fitted(&model.teacher);
-    let random_teacher_fitted_validation_k = fitted(&random_teacher);
+    let (fitted_validation_k, random_teacher_fitted_validation_k) = probe(
+        options,
+        &setup,
+        (&target_mean, &target_std),
+        &validation,
+        [&model.teacher, &random_teacher],
+        device,
+    )?;
     let validation_rows = target_rows(&validation, channels);
 
     let report = TeacherReport {
@@ -564,6 +531,60 @@ pub fn train_dense(options: &TeacherOptions, device: &Device) -> Result<TeacherR
     );
     super::write_outputs(&options.out, &weights, &history, &report)?;
     Ok(report)
+}
+
+/// The checkpoint in `ckpt` to resume from, refused unless it is of the same patch size,
+/// seed, stride and crop as asked.
+fn read_checkpoint(
+    options: &TeacherOptions,
+    ckpt: &Path,
+    stride: usize,
+) -> Result<DenseCheckpoint> {
+    let path = ckpt.join("state.json");
+    let state: DenseCheckpoint = serde_json::from_slice(
+        &std::fs::read(&path)
+            .with_context(|| format!("--resume: no checkpoint in {}", ckpt.display()))?,
+    )
+    .with_context(|| format!("{}: bad dense checkpoint state", path.display()))?;
+    let asked = (options.patch_size, options.seed, stride, options.crop_size);
+    let found = (state.patch_size, state.seed, state.stride, state.crop_size);
+    if asked != found {
+        bail!(
+            "{}: checkpoint is for (p, seed, stride, crop) = {found:?}; asked {asked:?}",
+            ckpt.display()
+        );
+    }
+    Ok(state)
+}
+
+/// The probe: for each of `teachers` (trained, random), one least-squares decoder fitted on the
+/// same cells of training crops, and its error on the validation set.
+fn probe(
+    options: &TeacherOptions,
+    setup: &DenseSetup,
+    (target_mean, target_std): (&[f32], &[f32]),
+    validation: &CropSet,
+    teachers: [&PatchNet; 2],
+    device: &Device,
+) -> Result<(f32, f32)> {
+    let grid = setup.grid;
+    let channels = setup.target_channels();
+    let probe_set = {
+        let mut rng = StdRng::seed_from_u64(options.seed ^ 0x0B5E_55ED);
+        let count = options
+            .probe_cells
+            .div_ceil(grid.height * grid.width)
+            .max(1);
+        let crops = sample_crops(setup, &setup.train_images, count, options, &mut rng);
+        let targets = setup.normalised_targets(&crops, target_mean, target_std)?;
+        CropSet { crops, targets }
+    };
+    let fitted = |teacher: &PatchNet| {
+        let (x, y) = probe_rows(teacher, &probe_set, setup, options.batch, device);
+        let (xv, yv) = probe_rows(teacher, validation, setup, options.batch, device);
+        least_squares_validation_error(&x, &y, &xv, &yv, DESCRIPTOR_DIM, channels)
+    };
+    Ok((fitted(teachers[0]), fitted(teachers[1])))
 }
 
 fn progress_bar(options: &TeacherOptions, start_step: usize) -> ProgressBar {

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
@@ -483,63 +483,20 @@ pub fn train_teacher(options: &TeacherOptions, device: &Device) -> Result<Teache
 /// The paper's patch-mode distillation.
 fn train_patch(options: &TeacherOptions, device: &Device) -> Result<TeacherReport> {
     let p = options.patch_size;
-    let arch = ustad_core::networks::arch::Architecture::for_patch_size(p)?;
-    let _ = arch;
+    // Refuses a patch size without a network before any backbone work.
+    ustad_core::networks::arch::Architecture::for_patch_size(p)?;
     if options.batch < 2 {
         bail!("--batch must be at least 2 (the compactness loss needs a batch correlation)");
     }
-    let config_path = match &options.backbone_config {
-        Some(path) => path.clone(),
-        None => BackboneConfig::find(&options.backbone)?,
-    };
-    let config = BackboneConfig::load(&config_path)?;
-    let backbone_side = if options.backbone_size == 0 {
-        p
-    } else {
-        options.backbone_size
-    };
-    let backbone = Backbone::load(&options.backbone, config, 32, backbone_side)?;
-    let corpus = Corpus::load(&options.images, options.progress)?;
-    log::info!(
-        "corpus: {} images from {} ({} skipped); backbone {} → {}-d at {backbone_side}×{backbone_side}",
-        corpus.images.len(),
-        options.images.display(),
-        corpus.skipped.len(),
-        options.backbone.display(),
-        backbone.dim
-    );
-    let (validation_images, train_images) = split_corpus(corpus.images.len());
-
-    let mut rng = StdRng::seed_from_u64(options.seed);
     let started = Instant::now();
-    log::info!(
-        "computing backbone targets for {} + {} patches",
-        options.cache_patches,
-        options.validation_patches
-    );
-    let train_set = sample_patch_set(
-        &corpus,
-        &train_images,
-        options.cache_patches,
-        options,
-        &backbone,
-        &mut rng,
-    )?;
-    let validation_set = sample_patch_set(
-        &corpus,
-        &validation_images,
-        options.validation_patches,
-        options,
-        &backbone,
-        &mut rng,
-    )?;
+    let (train_set, validation_set, backbone_side) = patch_sets(options)?;
     let backbone_seconds = started.elapsed().as_secs_f64();
     log::info!("backbone targets took {backbone_seconds:.1} s");
 
     device.seed(options.seed);
     let mut model = Distiller {
         teacher: PatchNet::new(p, device)?,
-        decoder: LinearConfig::new(DESCRIPTOR_DIM, backbone.dim).init(device),
+        decoder: LinearConfig::new(DESCRIPTOR_DIM, train_set.dim).init(device),
     };
     // Start the decoder at the mean target: the first steps then learn structure, not the
     // offset (which otherwise dominates a short CPU run).
@@ -563,25 +520,7 @@ fn train_patch(options: &TeacherOptions, device: &Device) -> Result<TeacherRepor
     let mut start_step = 0;
     let ckpt = checkpoint_dir(&options.out);
     if options.resume {
-        let state: CheckpointState = serde_json::from_slice(
-            &std::fs::read(ckpt.join("state.json"))
-                .with_context(|| format!("--resume: no checkpoint in {}", ckpt.display()))?,
-        )
-        .with_context(|| {
-            format!(
-                "{}: bad checkpoint state",
-                ckpt.join("state.json").display()
-            )
-        })?;
-        if state.patch_size != p || state.seed != options.seed {
-            bail!(
-                "{}: checkpoint is for p = {}, seed {}; asked p = {p}, seed {}",
-                ckpt.display(),
-                state.patch_size,
-                state.seed,
-                options.seed
-            );
-        }
+        let state = read_checkpoint(options, &ckpt)?;
         model = model
             .try_load_file(ckpt.join("model.bpk"))
             .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("model.bpk").display()))?;
@@ -683,22 +622,13 @@ fn train_patch(options: &TeacherOptions, device: &Device) -> Result<TeacherRepor
         ));
         bar.inc(1);
         if (step + 1) % options.checkpoint_every.max(1) == 0 || done {
-            std::fs::create_dir_all(&ckpt)
-                .with_context(|| format!("creating {}", ckpt.display()))?;
-            model
-                .clone()
-                .save_file(ckpt.join("model.bpk"))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("model.bpk").display()))?;
-            optimizer
-                .save(ckpt.join("optimizer.bpk"))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("optimizer.bpk").display()))?;
             let state = CheckpointState {
                 step: step + 1,
                 seed: options.seed,
                 patch_size: p,
                 history: history.clone(),
             };
-            std::fs::write(ckpt.join("state.json"), serde_json::to_vec(&state)?)?;
+            write_checkpoint(&ckpt, &state, &model, &optimizer)?;
         }
     }
     bar.finish();
@@ -706,27 +636,13 @@ fn train_patch(options: &TeacherOptions, device: &Device) -> Result<TeacherRepor
     let patches_per_second =
         (trained_steps * options.batch) as f64 / train_started.elapsed().as_secs_f64().max(1e-9);
 
-    // A fair comparison: the same least-squares decoder fitted on each teacher's descriptors.
-    let fit_count = options.baseline_patches.min(train_set.patches.len());
-    let fit_set = PatchSet {
-        patches: train_set.patches[..fit_count].to_vec(),
-        targets: train_set.targets[..fit_count * train_set.dim].to_vec(),
-        dim: train_set.dim,
-    };
-    let fitted = |teacher: &PatchNet| {
-        let x = descriptors_of(teacher, &fit_set, p, options.batch, device);
-        let xv = descriptors_of(teacher, &validation_set, p, options.batch, device);
-        least_squares_validation_error(
-            &x,
-            &fit_set.targets,
-            &xv,
-            &validation_set.targets,
-            DESCRIPTOR_DIM,
-            fit_set.dim,
-        )
-    };
-    let fitted_validation_k = fitted(&model.teacher);
-    let random_teacher_fitted_validation_k = fitted(&random_teacher);
+    let (fitted_validation_k, random_teacher_fitted_validation_k) = probe(
+        options,
+        &train_set,
+        &validation_set,
+        [&model.teacher, &random_teacher],
+        device,
+    );
 
     let report = TeacherReport {
         patch_size: p,
@@ -753,6 +669,130 @@ fn train_patch(options: &TeacherOptions, device: &Device) -> Result<TeacherRepor
     );
     write_outputs(&options.out, &weights, &history, &report)?;
     Ok(report)
+}
+
+/// The training and validation patches (from disjoint corpus images) and their backbone
+/// targets, computed at the returned backbone input side.
+fn patch_sets(options: &TeacherOptions) -> Result<(PatchSet, PatchSet, usize)> {
+    let p = options.patch_size;
+    let config_path = match &options.backbone_config {
+        Some(path) => path.clone(),
+        None => BackboneConfig::find(&options.backbone)?,
+    };
+    let config = BackboneConfig::load(&config_path)?;
+    let backbone_side = if options.backbone_size == 0 {
+        p
+    } else {
+        options.backbone_size
+    };
+    let backbone = Backbone::load(&options.backbone, config, 32, backbone_side)?;
+    let corpus = Corpus::load(&options.images, options.progress)?;
+    log::info!(
+        "corpus: {} images from {} ({} skipped); backbone {} → {}-d at {backbone_side}×{backbone_side}",
+        corpus.images.len(),
+        options.images.display(),
+        corpus.skipped.len(),
+        options.backbone.display(),
+        backbone.dim
+    );
+    let (validation_images, train_images) = split_corpus(corpus.images.len());
+
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    log::info!(
+        "computing backbone targets for {} + {} patches",
+        options.cache_patches,
+        options.validation_patches
+    );
+    let train_set = sample_patch_set(
+        &corpus,
+        &train_images,
+        options.cache_patches,
+        options,
+        &backbone,
+        &mut rng,
+    )?;
+    let validation_set = sample_patch_set(
+        &corpus,
+        &validation_images,
+        options.validation_patches,
+        options,
+        &backbone,
+        &mut rng,
+    )?;
+    Ok((train_set, validation_set, backbone_side))
+}
+
+/// The checkpoint in `ckpt` to resume from, refused unless it is of the patch size and seed
+/// asked.
+fn read_checkpoint(options: &TeacherOptions, ckpt: &Path) -> Result<CheckpointState> {
+    let path = ckpt.join("state.json");
+    let state: CheckpointState = serde_json::from_slice(
+        &std::fs::read(&path)
+            .with_context(|| format!("--resume: no checkpoint in {}", ckpt.display()))?,
+    )
+    .with_context(|| format!("{}: bad checkpoint state", path.display()))?;
+    if state.patch_size != options.patch_size || state.seed != options.seed {
+        bail!(
+            "{}: checkpoint is for p = {}, seed {}; asked p = {}, seed {}",
+            ckpt.display(),
+            state.patch_size,
+            state.seed,
+            options.patch_size,
+            options.seed
+        );
+    }
+    Ok(state)
+}
+
+/// Writes the model, the optimizer and the run's state into `ckpt` (both distillation modes).
+pub(crate) fn write_checkpoint<M: Module + Clone, S: Serialize>(
+    ckpt: &Path,
+    state: &S,
+    model: &M,
+    optimizer: &ModuleOptimizer,
+) -> Result<()> {
+    std::fs::create_dir_all(ckpt).with_context(|| format!("creating {}", ckpt.display()))?;
+    model
+        .clone()
+        .save_file(ckpt.join("model.bpk"))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("model.bpk").display()))?;
+    optimizer
+        .save(ckpt.join("optimizer.bpk"))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("optimizer.bpk").display()))?;
+    std::fs::write(ckpt.join("state.json"), serde_json::to_vec(state)?)
+        .with_context(|| format!("writing {}", ckpt.join("state.json").display()))
+}
+
+/// A fair comparison of `teachers` (trained, random): the same least-squares decoder fitted
+/// on each one's descriptors of the first `baseline_patches` training patches, and its error
+/// on the validation patches.
+fn probe(
+    options: &TeacherOptions,
+    train_set: &PatchSet,
+    validation_set: &PatchSet,
+    teachers: [&PatchNet; 2],
+    device: &Device,
+) -> (f32, f32) {
+    let p = options.patch_size;
+    let fit_count = options.baseline_patches.min(train_set.patches.len());
+    let fit_set = PatchSet {
+        patches: train_set.patches[..fit_count].to_vec(),
+        targets: train_set.targets[..fit_count * train_set.dim].to_vec(),
+        dim: train_set.dim,
+    };
+    let fitted = |teacher: &PatchNet| {
+        let x = descriptors_of(teacher, &fit_set, p, options.batch, device);
+        let xv = descriptors_of(teacher, validation_set, p, options.batch, device);
+        least_squares_validation_error(
+            &x,
+            &fit_set.targets,
+            &xv,
+            &validation_set.targets,
+            DESCRIPTOR_DIM,
+            fit_set.dim,
+        )
+    };
+    (fitted(teachers[0]), fitted(teachers[1]))
 }
 
 /// What a teacher's weights file records about the run that made it: the common fields, then
