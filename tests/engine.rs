@@ -278,7 +278,7 @@ fn the_engine_resizes_a_frame_once_and_returns_what_it_judged() {
         (spec.width, spec.height)
     );
     assert_eq!(
-        *engine.judged_image(),
+        **engine.judged_image(),
         preprocess::resize_rgb(&image, &spec)
     );
     let input = preprocess::to_input(&image, &spec);

@@ -199,8 +199,9 @@ pub struct Engine {
     networks: Vec<NetworkRunner>,
     scales: Vec<ScaleState>,
     fused: Vec<f32>,
-    /// The frame of the last [`Engine::analyze`], resized to the input.
-    judged: RgbImage,
+    /// The frame of the last [`Engine::analyze`], resized to the input; shared, so the daemon
+    /// keeps it for its live page and archive without copying it.
+    judged: Arc<RgbImage>,
     scorer: ImageScorer,
     pool: rayon::ThreadPool,
 }
@@ -305,7 +306,7 @@ impl Engine {
         Ok(Self {
             threshold: m.decision.threshold,
             fused: vec![0.0; width * height],
-            judged: RgbImage::new(0, 0),
+            judged: Arc::new(RgbImage::new(0, 0)),
             bundle,
             options,
             input,
@@ -349,14 +350,14 @@ impl Engine {
         let spec = self.bundle.manifest.input.clone();
         let rgb = preprocess::resize_rgb(image, &spec);
         let filled = self.fill_input(|buffer| preprocess::normalise_into(&rgb, &spec, buffer));
-        self.judged = rgb;
+        self.judged = Arc::new(rgb);
         filled?;
         self.run_current_input()
     }
 
     /// The frame the last [`Engine::analyze`] judged, at the input resolution, also when the
     /// networks then failed (a failed part is still shown and archived as it was seen).
-    pub fn judged_image(&self) -> &RgbImage {
+    pub fn judged_image(&self) -> &Arc<RgbImage> {
         &self.judged
     }
 
@@ -370,7 +371,7 @@ impl Engine {
             });
         }
         self.fill_input(|buffer| buffer.copy_from_slice(input))?;
-        self.judged = RgbImage::new(0, 0);
+        self.judged = Arc::new(RgbImage::new(0, 0));
         self.run_current_input()
     }
 

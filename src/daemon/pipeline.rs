@@ -578,7 +578,7 @@ impl InferenceStage {
         out.inference = Some(started.elapsed());
         out.decided = self.verdicts.clock.now();
         // The frame as the engine judged it (resized once, there).
-        let rgb = Arc::new(self.engine.judged_image().clone());
+        let rgb = Arc::clone(self.engine.judged_image());
         match analysis {
             Err(e) => {
                 out.view = Some((rgb, Arc::new(Vec::new()), 0, 0));
