@@ -170,8 +170,9 @@ fn network_macs_are_counted_from_the_graphs() {
         ustad_core::bundle::cost::network_macs(&bundle).unwrap(),
         vec![arch; 3]
     );
-    // The shipped bundles' teacher is the backbone: far cheaper than its patch-network
-    // students, whose count follows their widths (edge-fast: half-width students).
+    // The shipped bundles' teacher is the backbone (cut after `res12`): cheaper than even the
+    // narrowest of its patch-network students, whose cost follows their widths (edge:
+    // half-width students, edge-fast: quarter-width).
     let mut per_student = Vec::new();
     for name in ["mtd-edge", "mtd-edge-fast"] {
         let shipped = Bundle::load(
@@ -195,13 +196,13 @@ fn network_macs_are_counted_from_the_graphs() {
             .unwrap();
         assert!(macs[1..].iter().all(|m| *m == student), "{name}: {macs:?}");
         assert!(
-            macs[0] > 0 && macs[0] < student / 4,
+            macs[0] > 0 && macs[0] < student / 2,
             "{name}: teacher {} vs student {student}",
             macs[0]
         );
         per_student.push(student);
     }
-    // Halving every hidden width divides most of the work by four.
+    // Halving every hidden width again divides most of the work by about four.
     assert!(
         per_student[1] * 3 < per_student[0],
         "edge-fast {} vs edge {} MAC per student",

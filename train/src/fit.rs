@@ -68,7 +68,7 @@ impl ExportPrecision {
 }
 
 /// A scale of a preset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PresetScale {
     pub patch_size: usize,
@@ -80,6 +80,14 @@ pub struct PresetScale {
     /// must match the teacher's receptive field and grid, not its width.
     #[serde(default = "ustad_core::networks::arch::paper_widths")]
     pub student_channel_divisor: usize,
+    /// For a backbone teacher: the backbone nodes whose maps it taps, in place of the sidecar's
+    /// `dense.nodes` (which the distilled teachers were trained on). Deeper nodes describe
+    /// more of the part at once; `scripts/tap_study.py` measures a choice on a dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_nodes: Option<Vec<String>>,
+    /// For a backbone teacher: which principal components of its taps become the descriptor.
+    #[serde(default)]
+    pub teacher_components: crate::pca::Components,
 }
 
 impl PresetScale {
@@ -134,21 +142,25 @@ impl FitTeacher {
     }
 
     /// What the provenance records as this scale's teacher.
-    fn describe(&self, options: &FitOptions, patch_size: usize) -> String {
+    fn describe(&self, options: &FitOptions, scale: &PresetScale) -> String {
         match self {
             FitTeacher::Distilled(_) => options
                 .teachers
-                .join(format!("p{patch_size}.ustw"))
+                .join(format!("p{}.ustw", scale.patch_size))
                 .display()
                 .to_string(),
             FitTeacher::Backbone(teacher, projection) => format!(
-                "backbone {} nodes {} ({}×{} averaged), PCA {} -> {}",
+                "backbone {} nodes {} ({}×{} averaged), PCA {} -> {} ({})",
                 teacher.source().display(),
                 teacher.tap().nodes.join("+"),
                 teacher.tap().neighbourhood,
                 teacher.tap().neighbourhood,
                 projection.inputs,
-                projection.outputs()
+                projection.outputs(),
+                match scale.teacher_components {
+                    crate::pca::Components::Leading => "leading components",
+                    crate::pca::Components::Trailing => "trailing components",
+                }
             ),
         }
     }
@@ -222,11 +234,15 @@ impl Schedule {
 }
 
 /// Presets compiled into the binary; a path to a `.toml` file works too.
-const BUILTIN_PRESETS: [(&str, &str); 6] = [
+const BUILTIN_PRESETS: [(&str, &str); 7] = [
     ("edge", include_str!("../../config/presets/edge.toml")),
     (
         "edge-fast",
         include_str!("../../config/presets/edge-fast.toml"),
+    ),
+    (
+        "edge-shallow",
+        include_str!("../../config/presets/edge-shallow.toml"),
     ),
     (
         "edge-p33",
@@ -673,7 +689,7 @@ fn split_images(options: &FitOptions, spec: &InputSpec) -> Result<Splits> {
     paths.shuffle(&mut StdRng::seed_from_u64(options.seed));
     let n_val = ((paths.len() as f64 * options.validation_fraction).ceil() as usize)
         .clamp(1, paths.len() - 1);
-    let val_paths = paths.split_off(paths.len() - n_val);
+    let mut val_paths = paths.split_off(paths.len() - n_val);
     // Images left over by the fit limit measure the residual whitening: unseen by the students
     // and apart from the threshold's validation images. Without any, the fit images do.
     let mut spare_paths = if options.max_fit_images > 0 && paths.len() > options.max_fit_images {
@@ -681,11 +697,17 @@ fn split_images(options: &FitOptions, spec: &InputSpec) -> Result<Splits> {
     } else {
         Vec::new()
     };
-    spare_paths.truncate(if preset.whiten_residual {
+    let whitening = if preset.whiten_residual {
         preset.whitening_images
     } else {
         0
-    });
+    };
+    // What neither the students nor the whitening see joins the validation images: the
+    // threshold is a high quantile of their scores, and on MTD 80 images put it at one
+    // outlier's score (`validation_images` in the provenance counts them all).
+    if spare_paths.len() > whitening {
+        val_paths.extend(spare_paths.split_off(whitening));
+    }
     let loading = bar(
         paths.len() + val_paths.len() + spare_paths.len(),
         options.progress,
@@ -755,14 +777,18 @@ fn teacher_targets(
             (FitTeacher::Distilled(teacher), raw)
         }
         TeacherKind::Backbone => {
-            let teacher = feature_teacher(options, height, width)?;
+            let teacher = feature_teacher(options, scale.teacher_nodes.as_deref(), height, width)?;
             save_model(
                 &teacher.graph(spec, scale.stride, (mh, mw), None)?,
                 &graph_path,
             )?;
             let features = run_network(&graph_path, train_inputs, height, width)?;
-            let projection =
-                crate::pca::principal_projection(&features, teacher.channels(), DESCRIPTOR_DIM)?;
+            let projection = crate::pca::principal_projection(
+                &features,
+                teacher.channels(),
+                DESCRIPTOR_DIM,
+                scale.teacher_components,
+            )?;
             let raw = features.par_iter().map(|f| projection.apply(f)).collect();
             (FitTeacher::Backbone(Box::new(teacher), projection), raw)
         }
@@ -1240,7 +1266,7 @@ fn record_fit(
                 .scales
                 .iter()
                 .zip(scales)
-                .map(|(s, f)| toml::Value::String(f.teacher.describe(options, s.patch_size)))
+                .map(|(s, f)| toml::Value::String(f.teacher.describe(options, s)))
                 .collect(),
         ),
     );
@@ -1410,8 +1436,13 @@ pub fn utc_now() -> String {
     )
 }
 
-/// The feature teacher of `options.backbone`, from its sidecar's dense taps.
-fn feature_teacher(options: &FitOptions, height: usize, width: usize) -> Result<FeatureTeacher> {
+/// The feature teacher of `options.backbone`, tapping `nodes` or else its sidecar's dense taps.
+fn feature_teacher(
+    options: &FitOptions,
+    nodes: Option<&[String]>,
+    height: usize,
+    width: usize,
+) -> Result<FeatureTeacher> {
     let sidecar = match &options.backbone_config {
         Some(path) => path.clone(),
         None => crate::backbone::BackboneConfig::find(&options.backbone)?,
@@ -1427,7 +1458,7 @@ fn feature_teacher(options: &FitOptions, height: usize, width: usize) -> Result<
         input: config.input,
         mean: config.mean,
         std: config.std,
-        nodes: dense.nodes,
+        nodes: nodes.map_or(dense.nodes, <[String]>::to_vec),
         neighbourhood: dense.neighbourhood,
     };
     Ok(FeatureTeacher::load(&options.backbone, tap, height, width)?)

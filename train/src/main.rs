@@ -55,7 +55,7 @@ struct FitArgs {
     /// Output bundle directory.
     #[arg(long)]
     out: PathBuf,
-    /// Built-in preset (edge, edge-fast, edge-p33, edge-distilled, edge-p65, paper) or a preset .toml file.
+    /// Built-in preset (edge, edge-fast, edge-shallow, edge-p33, edge-distilled, edge-p65, paper) or a preset .toml file.
     #[arg(long, default_value = "edge")]
     preset: String,
     /// Folder with the pretrained teachers p17.ustw, p33.ustw, p65.ustw.
@@ -83,7 +83,8 @@ struct FitArgs {
     schedule: Option<ustad_train::fit::Schedule>,
     #[arg(long, default_value_t = 1e-5)]
     weight_decay: f64,
-    /// Fraction of train/good held out for calibration.
+    /// Fraction of train/good held out for calibration; good images that the preset's fit and
+    /// whitening limits leave over join them.
     #[arg(long, default_value_t = 0.1)]
     validation_fraction: f64,
     /// Target false-reject rate on good parts for the threshold.

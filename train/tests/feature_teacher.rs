@@ -119,24 +119,31 @@ fn a_missing_node_or_a_corrupt_backbone_names_the_problem() {
     assert!(err.to_string().contains("absent.onnx"), "{err}");
 }
 
-#[test]
-fn a_bundle_with_a_feature_teacher_loads_and_scores() {
+/// Fits `scale` (a preset's `scales` entry) as a tiny backbone-teacher preset on 8 MTD tiles,
+/// returning the fit's options (the bundle is in `options.out`), its report and the tiles.
+fn tiny_backbone_fit(
+    dir: &Path,
+    scale: &str,
+) -> (
+    ustad_train::fit::FitOptions,
+    ustad_train::fit::FitReport,
+    Vec<PathBuf>,
+) {
     use burn::tensor::Device;
-    use ustad_core::engine::{Engine, EngineOptions};
     use ustad_train::fit::{FitOptions, Preset, TeacherKind, fit};
 
-    let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("data/train/good");
+    let good = dir.join("data/train/good");
     std::fs::create_dir_all(&good).unwrap();
     let mut files = ustad_core::images::images_in(&shared().join("data/mtd/train/good")).unwrap();
     files.truncate(8);
     for f in &files {
         std::fs::copy(f, good.join(f.file_name().unwrap())).unwrap();
     }
-    let preset_path = dir.path().join("tiny.toml");
+    let preset_path = dir.join("tiny.toml");
     std::fs::write(
         &preset_path,
-        r#"
+        format!(
+            r#"
 name = "tiny-backbone"
 description = "test preset"
 width = 64
@@ -148,20 +155,21 @@ learning_rate = 1e-4
 variance_weight = 0.0
 whiten_residual = true
 whitening_images = 1
-scales = [{ patch_size = 33, stride = 4, teacher = "backbone", student_channel_divisor = 2 }]
+scales = [{scale}]
 [image_score]
 smoothing_sigma = 1.0
 top_fraction = 0.01
-"#,
+"#
+        ),
     )
     .unwrap();
     let preset = Preset::load(preset_path.to_str().unwrap()).unwrap();
     assert_eq!(preset.scales[0].teacher, TeacherKind::Backbone);
     let options = FitOptions {
-        data: dir.path().join("data"),
-        out: dir.path().join("bundle"),
+        data: dir.join("data"),
+        out: dir.join("bundle"),
         preset,
-        teachers: dir.path().join("no-teachers-needed"),
+        teachers: dir.join("no-teachers-needed"),
         backbone: backbone_onnx(),
         backbone_config: None,
         validation_fraction: 0.3,
@@ -178,6 +186,18 @@ top_fraction = 0.01
         precision: ustad_train::fit::ExportPrecision::Both,
     };
     let report = fit(&options, &Device::flex().autodiff()).unwrap();
+    (options, report, files)
+}
+
+#[test]
+fn a_bundle_with_a_feature_teacher_loads_and_scores() {
+    use ustad_core::engine::{Engine, EngineOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (options, report, files) = tiny_backbone_fit(
+        dir.path(),
+        r#"{ patch_size = 33, stride = 4, teacher = "backbone", student_channel_divisor = 2 }"#,
+    );
     assert!(
         report.parity_max_abs < 1e-3,
         "burn vs tract student parity {}",
@@ -214,7 +234,10 @@ top_fraction = 0.01
     // The int8 students share the f32 feature teacher.
     assert_eq!(scale.int8.as_ref().unwrap().teacher, scale.teacher);
     let teachers = bundle.manifest.provenance.extra["teachers"].to_string();
-    assert!(teachers.contains("res4+res10"), "{teachers}");
+    assert!(
+        teachers.contains("res4+res10 ") && teachers.contains("leading components"),
+        "{teachers}"
+    );
     // Whitened: the parity above ran the whitened students; the teacher statistics are folded.
     let whitening = bundle.manifest.provenance.extra["residual_whitening"].to_string();
     assert!(whitening.contains("on 1 held-out images"), "{whitening}");
@@ -225,4 +248,40 @@ top_fraction = 0.01
     let image = image::open(&files[0]).unwrap();
     let score = engine.analyze(&image).unwrap().score;
     assert!(score.is_finite());
+}
+
+#[test]
+fn a_preset_scale_picks_the_backbone_taps_and_the_trailing_components() {
+    use ustad_core::engine::{Engine, EngineOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (options, report, files) = tiny_backbone_fit(
+        dir.path(),
+        r#"{ patch_size = 33, stride = 4, teacher = "backbone", student_channel_divisor = 2, teacher_nodes = ["res4", "res10", "res12"], teacher_components = "trailing" }"#,
+    );
+    assert!(report.parity_max_abs < 1e-3, "{}", report.parity_max_abs);
+    let bundle = Bundle::load(&options.out).unwrap();
+    // The preset's taps, not the sidecar's two: 40 + 112 + 192 channels into the projection.
+    let teachers = bundle.manifest.provenance.extra["teachers"].to_string();
+    assert!(
+        teachers.contains("res4+res10+res12")
+            && teachers.contains("PCA 344 -> 128")
+            && teachers.contains("trailing components"),
+        "{teachers}"
+    );
+    let mut engine = Engine::load(bundle, EngineOptions::default()).unwrap();
+    let score = engine
+        .analyze(&image::open(&files[0]).unwrap())
+        .unwrap()
+        .score;
+    assert!(score.is_finite());
+    // An unknown choice of components is refused, naming the file and the value.
+    let text = std::fs::read_to_string(dir.path().join("tiny.toml")).unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, text.replace("\"trailing\"", "\"middle\"")).unwrap();
+    let err = format!(
+        "{:#}",
+        ustad_train::fit::Preset::load(bad.to_str().unwrap()).unwrap_err()
+    );
+    assert!(err.contains("bad.toml") && err.contains("middle"), "{err}");
 }

@@ -213,6 +213,7 @@ fn presets_read_the_schedule_and_refuse_an_unknown_one() {
     for name in [
         "edge",
         "edge-fast",
+        "edge-shallow",
         "edge-p33",
         "edge-distilled",
         "edge-p65",
@@ -246,9 +247,13 @@ fn tiny_variant_error(file: &str, edit: impl FnOnce(&str) -> String) -> String {
 #[test]
 fn a_student_width_that_does_not_divide_is_refused_with_the_field() {
     let fast = Preset::load("edge-fast").unwrap();
-    assert_eq!(fast.scales[0].student_channel_divisor, 2);
+    assert_eq!(fast.scales[0].student_channel_divisor, 4);
     assert_eq!(
         Preset::load("edge").unwrap().scales[0].student_channel_divisor,
+        2
+    );
+    assert_eq!(
+        Preset::load("edge-shallow").unwrap().scales[0].student_channel_divisor,
         1
     );
     let err = tiny_variant_error("odd.toml", |tiny| {
