@@ -91,6 +91,20 @@ pub struct PresetScale {
 }
 
 impl PresetScale {
+    /// `teacher_nodes` and `teacher_components` shape a backbone teacher only: on a distilled
+    /// one they would be silently ignored, and an empty tap list has nothing to project.
+    fn check_teacher_fields(&self) -> Result<()> {
+        let backbone_only = self.teacher_nodes.is_some()
+            || self.teacher_components != crate::pca::Components::default();
+        if self.teacher == TeacherKind::Distilled && backbone_only {
+            bail!("teacher_nodes and teacher_components apply to teacher = \"backbone\" only");
+        }
+        if self.teacher_nodes.as_ref().is_some_and(Vec::is_empty) {
+            bail!("teacher_nodes must name at least one backbone node");
+        }
+        Ok(())
+    }
+
     /// The architecture of this scale's students.
     pub fn student_architecture(
         &self,
@@ -157,10 +171,7 @@ impl FitTeacher {
                 teacher.tap().neighbourhood,
                 projection.inputs,
                 projection.outputs(),
-                match scale.teacher_components {
-                    crate::pca::Components::Leading => "leading components",
-                    crate::pca::Components::Trailing => "trailing components",
-                }
+                scale.teacher_components.describe()
             ),
         }
     }
@@ -190,8 +201,9 @@ pub struct Preset {
     pub whiten_residual: bool,
     /// At most this many good images measure the whitening: held-out ones (left over by
     /// `max_fit_images`), or the fit images when there are none. A 128×128 covariance from a few
-    /// dozen spatially correlated maps is noisy: on MTD the edge bundle scored image AUROC 0.841
-    /// whitened on 80 images and 0.846 on 400 (`ustad eval`). Every map of the scale's networks
+    /// dozen spatially correlated maps is noisy: on MTD the edge-shallow bundle scored image
+    /// AUROC 0.841 whitened on 80 images and 0.846 on 400 (`ustad eval`). Held-out images
+    /// beyond this many calibrate the threshold instead. Every map of the scale's networks
     /// is held while it is measured: about 210 MB for 400 images at p = 65/stride 8 on 128², four
     /// times that at stride 4.
     #[serde(default = "default_whitening_images")]
@@ -284,6 +296,9 @@ impl Preset {
             bail!("{origin}: whitening_images = 0, but whiten_residual needs at least one image");
         }
         for scale in &preset.scales {
+            scale
+                .check_teacher_fields()
+                .with_context(|| format!("{origin}: scale p = {}", scale.patch_size))?;
             let arch = scale.student_architecture().with_context(|| {
                 format!(
                     "{origin}: scale p = {}: student_channel_divisor",

@@ -35,6 +35,16 @@ pub enum Components {
     Trailing,
 }
 
+impl Components {
+    /// How a bundle's provenance names the choice.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Components::Leading => "leading components",
+            Components::Trailing => "trailing components",
+        }
+    }
+}
+
 /// The projection of `channels × cells` maps onto `keep` of their principal components
 /// after standardising each channel: `y_k = Σ_c e_k[c] (f_c − μ_c) / σ_c`.
 pub fn principal_projection(

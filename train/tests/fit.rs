@@ -266,6 +266,28 @@ fn a_student_width_that_does_not_divide_is_refused_with_the_field() {
 }
 
 #[test]
+fn backbone_teacher_fields_are_refused_elsewhere_and_when_empty() {
+    for (file, field, scale) in [
+        // The tiny preset's scale has a distilled teacher.
+        (
+            "distilled.toml",
+            "teacher_components",
+            r#"teacher_components = "trailing""#,
+        ),
+        (
+            "empty.toml",
+            "teacher_nodes",
+            r#"teacher = "backbone", teacher_nodes = []"#,
+        ),
+    ] {
+        let err = tiny_variant_error(file, |tiny| {
+            tiny.replace("stride = 4 }", &format!("stride = 4, {scale} }}"))
+        });
+        assert!(err.contains(file) && err.contains(field), "{err}");
+    }
+}
+
+#[test]
 fn whitening_needs_at_least_one_image() {
     assert_eq!(Preset::load("edge").unwrap().whitening_images, 400);
     let err = tiny_variant_error("none.toml", |tiny| {
