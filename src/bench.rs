@@ -563,7 +563,8 @@ impl BenchReport {
                 }
             }
         }
-        for scale in &self.scales {
+        // A scale of the teacher alone has no student layers to break down.
+        for scale in self.scales.iter().filter(|scale| scale.students > 0) {
             s.push_str(&format!(
                 "\np{} stride {}: {:.2} GMAC per student × {} students; per layer:\n",
                 scale.patch_size,

@@ -289,6 +289,34 @@ fn the_engine_resizes_a_frame_once_and_returns_what_it_judged() {
     );
 }
 
+#[test]
+fn a_lone_teacher_judges_alike_on_one_thread_and_on_two() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bundle = ustad_core::bundle::Bundle::load(&root.join("models/bundles/mtd-edge-teacher"))
+        .expect("shipped bundle");
+    assert!(bundle.manifest.scales[0].students.is_empty());
+    let tile = root.join("../shared/data/mtd/test/blowhole/exp1_num_108719.jpg");
+    let image = image::open(&tile).expect("MTD tile");
+    let judge = |threads: usize| {
+        let options = EngineOptions {
+            threads,
+            ..EngineOptions::default()
+        };
+        let mut engine = Engine::load(bundle.clone(), options).expect("engine");
+        let analysis = engine.analyze(&image).expect("judged");
+        (analysis.score, analysis.map.to_vec())
+    };
+    // One network and two threads: the second works inside the network's kernels.
+    let (one_score, one_map) = judge(1);
+    let (two_score, two_map) = judge(2);
+    assert!(one_score.is_finite() && one_score > 0.0, "{one_score}");
+    let spread = one_map.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
+        - one_map.iter().cloned().fold(f32::INFINITY, f32::min);
+    let diff = max_abs_diff(&one_map, &two_map);
+    assert!(diff <= 1e-4 * spread.max(1.0), "maps differ by {diff}");
+    assert!((one_score - two_score).abs() <= 1e-4 * one_score.abs().max(1.0));
+}
+
 /// Tool, not a check: writes the random-weight bundles that `ustad bench` times for the
 /// foundation's speed numbers (one p = 65 scale, teacher + 3 students, 256×256, stride 1 and 8):
 /// `USTAD_BENCH_BUNDLES=/tmp/bench cargo test --test engine -- --ignored write_speed_bundles`

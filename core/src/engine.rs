@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use image::{DynamicImage, RgbImage};
 use rayon::prelude::*;
 use thiserror::Error;
+use tract_linalg::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::prelude::*;
 
 use crate::bundle::{Bundle, BundleError, Precision};
@@ -45,7 +46,8 @@ pub enum EngineError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EngineOptions {
     pub precision: Precision,
-    /// Worker threads for the networks; 0 = one per core.
+    /// Threads for the networks; 0 = one per core. The networks run side by side, one per
+    /// thread; threads beyond the number of networks split each network's work.
     pub threads: usize,
 }
 
@@ -203,7 +205,11 @@ pub struct Engine {
     /// keeps it for its live page and archive without copying it.
     judged: Arc<RgbImage>,
     scorer: ImageScorer,
+    /// Runs the networks side by side, one per thread.
     pool: rayon::ThreadPool,
+    /// Threads inside each network: those the one-network-per-thread schedule would leave
+    /// idle, so a bundle of one teacher alone still uses every core.
+    kernels: Executor,
 }
 
 impl std::fmt::Debug for Engine {
@@ -214,6 +220,19 @@ impl std::fmt::Debug for Engine {
             .field("networks", &self.networks.len())
             .finish()
     }
+}
+
+/// tract's executor for `threads` threads inside one network: single-threaded below two.
+fn kernel_executor(threads: usize) -> Result<Executor, EngineError> {
+    if threads < 2 {
+        return Ok(Executor::SingleThread);
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("ustad-kernel-{i}"))
+        .build()
+        .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
+    Ok(Executor::MultiThread(Arc::new(pool)))
 }
 
 /// The instruction-set rung tract's kernels were chosen for on this CPU, e.g.
@@ -295,6 +314,7 @@ impl Engine {
             .thread_name(|i| format!("ustad-infer-{i}"))
             .build()
             .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
+        let kernels = kernel_executor(threads / networks.len().max(1))?;
         let input =
             Arc::new(
                 Tensor::zero::<f32>(&input_shape).map_err(|e| EngineError::Model {
@@ -314,6 +334,7 @@ impl Engine {
             scales,
             scorer,
             pool,
+            kernels,
         })
     }
 
@@ -433,9 +454,12 @@ impl Engine {
 
     fn run_current_input(&mut self) -> Result<Analysis<'_>, EngineError> {
         let input = TValue::from_const(self.input.clone());
-        let networks = &mut self.networks;
-        self.pool
-            .install(|| networks.par_iter_mut().try_for_each(|n| n.run(&input)))?;
+        let (networks, kernels) = (&mut self.networks, &self.kernels);
+        self.pool.install(|| {
+            networks
+                .par_iter_mut()
+                .try_for_each(|n| multithread_tract_scope(kernels.clone(), || n.run(&input)))
+        })?;
         drop(input);
 
         self.fused.fill(0.0);

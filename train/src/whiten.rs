@@ -39,13 +39,14 @@ pub struct WhiteningSummary {
 /// plain error's scale.
 ///
 /// `teacher[k]` is image `k`'s normalised teacher map and `students[i][k]` student `i`'s, each
-/// `channels × cells`.
+/// `channels × cells`. With no students the prediction is zero and the residual is `−t`: the
+/// whitening of the teacher itself, whose error is then its Mahalanobis distance.
 pub fn residual_whitening(
     teacher: &[Vec<f32>],
     students: &[Vec<Vec<f32>>],
     channels: usize,
 ) -> Result<(Whitening, WhiteningSummary), WhiteningError> {
-    if teacher.is_empty() || students.is_empty() {
+    if teacher.is_empty() {
         return Err(WhiteningError::NoImages);
     }
     let residuals: Vec<Vec<f32>> = teacher
@@ -121,19 +122,24 @@ fn covariance(maps: &[Vec<f32>], channels: usize) -> Vec<f64> {
 mod tests {
     use super::*;
 
+    /// Seeded uniform noise in [−0.5, 0.5) (a 64-bit LCG's high bits).
+    fn uniform_noise(seed: u64) -> impl FnMut() -> f32 {
+        let mut state = seed;
+        move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f64 / (1u64 << 31) as f64 - 0.5) as f32
+        }
+    }
+
     /// Residuals with a dominant direction (channel variances 2.4 to 34): after whitening no
     /// direction dominates any more (the shrinkage keeps the weakest a little below the rest).
     #[test]
     fn whitened_residuals_are_isotropic() {
         let channels = 4;
         let cells = 500;
-        let mut state = 12345u64;
-        let mut noise = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as f64 / (1u64 << 31) as f64 - 0.5) as f32
-        };
+        let mut noise = uniform_noise(12345);
         let mut student = vec![0.0f32; channels * cells];
         for cell in 0..cells {
             let big = noise() * 5.0;
@@ -167,6 +173,35 @@ mod tests {
     }
 
     #[test]
+    fn without_students_the_teacher_itself_is_whitened() {
+        let (channels, cells) = (3, 400);
+        let mut noise = uniform_noise(777);
+        // Channel 1 follows channel 0 and channel 2 is three times wider: correlated and
+        // unequal, as a teacher's channels are.
+        let mut teacher = vec![0.0f32; channels * cells];
+        for c in 0..cells {
+            let (a, b, d) = (noise(), noise(), noise());
+            teacher[c] = a;
+            teacher[cells + c] = a + 0.5 * b;
+            teacher[2 * cells + c] = 3.0 * d;
+        }
+        let raw = covariance(std::slice::from_ref(&teacher), channels);
+        assert!(raw[8] > 5.0 * raw[0] && raw[1] > 0.5 * raw[0], "{raw:?}");
+        let (alone, _) = residual_whitening(&[teacher.clone()], &[], channels).unwrap();
+        let negated: Vec<f32> = teacher.iter().map(|v| -v).collect();
+        let zero = vec![vec![0.0f32; channels * cells]];
+        // A student that predicts zero everywhere leaves the same residual, `−t`.
+        let (predicting_zero, _) = residual_whitening(&[teacher], &[zero], channels).unwrap();
+        assert_eq!(alone.apply(&negated), predicting_zero.apply(&negated));
+        let cov = covariance(&[alone.apply(&negated)], channels);
+        let diagonal: Vec<f64> = (0..channels).map(|c| cov[c * channels + c]).collect();
+        let (lo, hi) = diagonal
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
+        assert!(hi / lo < 2.0, "whitened variances {diagonal:?}");
+    }
+
+    #[test]
     fn mismatched_maps_and_zero_or_nan_residuals_are_errors() {
         let teacher = vec![vec![0.0f32; 8]];
         assert!(matches!(
@@ -184,6 +219,10 @@ mod tests {
         assert!(matches!(
             residual_whitening(&[], &[], 2),
             Err(WhiteningError::NoImages)
+        ));
+        assert!(matches!(
+            residual_whitening(&teacher, &[], 2),
+            Err(WhiteningError::ZeroResidual { .. })
         ));
     }
 }

@@ -12,7 +12,7 @@ use tract_onnx::prelude::*;
 use ustad_core::bundle::Bundle;
 use ustad_core::bundle::onnx::{FeatureTap, FeatureTeacher, FeatureTeacherError, save_model};
 use ustad_core::judge::preprocess::InputSpec;
-use ustad_core::networks::arch::{Architecture, Mode};
+use ustad_core::networks::arch::{Architecture, DESCRIPTOR_DIM, Mode};
 use ustad_train::backbone::{BackboneConfig, FeatureBackbone};
 use ustad_train::teacher::targets::{Grid, dense_target};
 
@@ -123,6 +123,7 @@ fn a_missing_node_or_a_corrupt_backbone_names_the_problem() {
 /// returning the fit's options (the bundle is in `options.out`), its report and the tiles.
 fn tiny_backbone_fit(
     dir: &Path,
+    students: usize,
     scale: &str,
 ) -> (
     ustad_train::fit::FitOptions,
@@ -148,7 +149,7 @@ name = "tiny-backbone"
 description = "test preset"
 width = 64
 height = 64
-students = 2
+students = {students}
 epochs = 1
 batch = 4
 learning_rate = 1e-4
@@ -196,6 +197,7 @@ fn a_bundle_with_a_feature_teacher_loads_and_scores() {
     let dir = tempfile::tempdir().unwrap();
     let (options, report, files) = tiny_backbone_fit(
         dir.path(),
+        2,
         r#"{ patch_size = 33, stride = 4, teacher = "backbone", student_channel_divisor = 2 }"#,
     );
     assert!(
@@ -250,15 +252,22 @@ fn a_bundle_with_a_feature_teacher_loads_and_scores() {
     assert!(score.is_finite());
 }
 
+/// A p = 33 scale of the backbone's deep taps, their trailing components (as `edge`'s).
+const DEEP_TRAILING: &str = r#"{ patch_size = 33, stride = 4, teacher = "backbone", student_channel_divisor = 2, teacher_nodes = ["res4", "res10", "res12"], teacher_components = "trailing" }"#;
+
+/// The score of the image in `file`, which must be a number.
+fn finite_score(engine: &mut ustad_core::engine::Engine, file: &Path) -> f32 {
+    let score = engine.analyze(&image::open(file).unwrap()).unwrap().score;
+    assert!(score.is_finite(), "{}: {score}", file.display());
+    score
+}
+
 #[test]
 fn a_preset_scale_picks_the_backbone_taps_and_the_trailing_components() {
     use ustad_core::engine::{Engine, EngineOptions};
 
     let dir = tempfile::tempdir().unwrap();
-    let (options, report, files) = tiny_backbone_fit(
-        dir.path(),
-        r#"{ patch_size = 33, stride = 4, teacher = "backbone", student_channel_divisor = 2, teacher_nodes = ["res4", "res10", "res12"], teacher_components = "trailing" }"#,
-    );
+    let (options, report, files) = tiny_backbone_fit(dir.path(), 2, DEEP_TRAILING);
     assert!(report.parity_max_abs < 1e-3, "{}", report.parity_max_abs);
     let bundle = Bundle::load(&options.out).unwrap();
     // The preset's taps, not the sidecar's two: 40 + 112 + 192 channels into the projection.
@@ -270,11 +279,7 @@ fn a_preset_scale_picks_the_backbone_taps_and_the_trailing_components() {
         "{teachers}"
     );
     let mut engine = Engine::load(bundle, EngineOptions::default()).unwrap();
-    let score = engine
-        .analyze(&image::open(&files[0]).unwrap())
-        .unwrap()
-        .score;
-    assert!(score.is_finite());
+    finite_score(&mut engine, &files[0]);
     // An unknown choice of components is refused, naming the file and the value.
     let text = std::fs::read_to_string(dir.path().join("tiny.toml")).unwrap();
     let bad = dir.path().join("bad.toml");
@@ -284,4 +289,44 @@ fn a_preset_scale_picks_the_backbone_taps_and_the_trailing_components() {
         ustad_train::fit::Preset::load(bad.to_str().unwrap()).unwrap_err()
     );
     assert!(err.contains("bad.toml") && err.contains("middle"), "{err}");
+}
+
+#[test]
+fn without_students_the_bundle_scores_the_whitened_teacher_alone() {
+    use ustad_core::bundle::Precision;
+    use ustad_core::engine::{Engine, EngineOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (options, report, files) = tiny_backbone_fit(dir.path(), 0, DEEP_TRAILING);
+    assert!(report.final_student_losses.iter().all(|l| l.is_empty()));
+    let bundle = Bundle::load(&options.out).unwrap();
+    let scale = &bundle.manifest.scales[0];
+    assert!(scale.students.is_empty(), "{:?}", scale.students);
+    // Asked for int8 too, but the backbone alone has no int8 graph: none is written.
+    assert!(scale.int8.is_none());
+    let int8 = Engine::load(
+        bundle.clone(),
+        EngineOptions {
+            precision: Precision::Int8,
+            ..EngineOptions::default()
+        },
+    );
+    assert!(int8.is_err());
+    let mut engine = Engine::load(bundle, EngineOptions::default()).unwrap();
+    finite_score(&mut engine, &files[0]);
+    // The error is the whitened teacher's squared norm, cell by cell.
+    let teacher = engine.network_outputs()[0].1.to_vec();
+    let maps = engine.scale_maps();
+    let cells = maps[0].error.len();
+    assert_eq!(teacher.len(), DESCRIPTOR_DIM * cells);
+    for (cell, &error) in maps[0].error.iter().enumerate() {
+        let norm: f32 = (0..DESCRIPTOR_DIM)
+            .map(|c| teacher[c * cells + cell].powi(2))
+            .sum();
+        assert!(
+            (error - norm).abs() <= 1e-4 * norm.max(1.0),
+            "cell {cell}: {error} vs {norm}"
+        );
+        assert_eq!(maps[0].variance[cell], 0.0);
+    }
 }

@@ -212,6 +212,7 @@ fn cosine_schedule_starts_at_the_rate_halves_midway_and_ends_at_zero() {
 fn presets_read_the_schedule_and_refuse_an_unknown_one() {
     for name in [
         "edge",
+        "edge-teacher",
         "edge-fast",
         "edge-shallow",
         "edge-p33",

@@ -78,7 +78,10 @@ pub struct ScaleSpec {
     pub student_channel_divisor: usize,
     /// Teacher ONNX file, relative to the bundle; its output is already `(y − μ)/σ`.
     pub teacher: String,
-    /// Student ONNX files (at least two: the variance needs an ensemble).
+    /// Student ONNX files: at least two (the variance needs an ensemble), or none, where the
+    /// teacher alone is scored by its distance from the good parts' mean
+    /// ([`crate::judge::score::error_and_variance`]); a whitened teacher makes that distance
+    /// the Mahalanobis distance.
     pub students: Vec<String>,
     /// Optional int8 (QOperator) versions of the same networks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -380,13 +383,11 @@ impl Bundle {
                     m.input.width,
                 )
                 .map_err(|e| field(at("stride"), e.to_string()))?;
-            if scale.students.len() < 2 {
+            if scale.students.len() == 1 {
                 return Err(field(
                     at("students"),
-                    format!(
-                        "{} student(s): the variance needs at least 2",
-                        scale.students.len()
-                    ),
+                    "1 student: the variance needs at least 2 (or none, for the teacher alone)"
+                        .into(),
                 ));
             }
             for (name, values, positive) in [

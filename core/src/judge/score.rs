@@ -5,6 +5,8 @@
 //! Per pixel, with teacher descriptor `t` (already normalised by μ, σ) and `M` students `sᵢ`:
 //! - `e = ‖mean_i sᵢ − t‖²`
 //! - `v = mean_i ‖sᵢ‖² − ‖mean_i sᵢ‖²`
+//! - with no students (`M = 0`) the prediction is the good parts' mean, `0` after the
+//!   normalisation: `e = ‖t‖²` (the whitened teacher's squared Mahalanobis distance), `v = 0`.
 //! - `score = (e − e_μ)/e_σ + w·(v − v_μ)/v_σ`, with statistics from held-out good images and
 //!   `w` the variance weight: 1 in the paper; 0 (error only) where it measures better.
 
@@ -86,7 +88,8 @@ impl Calibration {
 ///
 /// `teacher` and each of `students` are CHW maps of `channels × pixels` values. `error` and
 /// `variance` receive `pixels` values each; they are overwritten, and allocation-free so the
-/// frame loop can reuse its buffers.
+/// frame loop can reuse its buffers. With no students the prediction is zero (the good parts'
+/// mean of a normalised teacher) and the variance is zero.
 pub fn error_and_variance(
     teacher: &[f32],
     students: &[&[f32]],
@@ -97,13 +100,21 @@ pub fn error_and_variance(
     let pixels = error.len();
     assert_eq!(teacher.len(), channels * pixels, "teacher map size");
     assert_eq!(variance.len(), pixels, "variance buffer size");
-    assert!(!students.is_empty(), "at least one student");
     for s in students {
         assert_eq!(s.len(), channels * pixels, "student map size");
     }
-    let inv_m = 1.0 / students.len() as f32;
     error.fill(0.0);
     variance.fill(0.0);
+    if students.is_empty() {
+        for c in 0..channels {
+            let t = &teacher[c * pixels..(c + 1) * pixels];
+            for (e, &v) in error.iter_mut().zip(t) {
+                *e += v * v;
+            }
+        }
+        return;
+    }
+    let inv_m = 1.0 / students.len() as f32;
     // Channel-major loops over contiguous pixel rows: each inner loop is a straight,
     // vectorisable pass. `variance` first accumulates mean ‖sᵢ‖² − ‖mean sᵢ‖² per channel.
     for c in 0..channels {
@@ -272,6 +283,16 @@ mod tests {
                 v[p]
             );
         }
+    }
+
+    #[test]
+    fn without_students_the_error_is_the_teachers_squared_norm() {
+        // Channel-major: channel 0 holds pixels (1, -2), channel 1 holds (3, 0.5).
+        let teacher = vec![1.0, -2.0, 3.0, 0.5];
+        let (mut e, mut v) = (vec![9.0; 2], vec![9.0; 2]);
+        error_and_variance(&teacher, &[], 2, &mut e, &mut v);
+        assert_eq!(e, vec![10.0, 4.25]);
+        assert_eq!(v, vec![0.0, 0.0]);
     }
 
     #[test]

@@ -47,8 +47,10 @@ pub enum ExportError {
     },
     #[error(transparent)]
     FeatureTeacher(#[from] FeatureTeacherError),
-    #[error("a scale with a feature teacher needs at least one student to set its architecture")]
-    NoStudents,
+    #[error(
+        "a p = {student} student cannot learn from a p = {teacher} teacher: their grids differ"
+    )]
+    StudentPatchSize { teacher: usize, student: usize },
     #[error("a whitening of {matrix} entries cannot map a layer of {outputs} outputs")]
     WhiteningSize { matrix: usize, outputs: usize },
 }
@@ -332,7 +334,20 @@ pub enum TeacherExport<'a> {
     Features {
         teacher: &'a FeatureTeacher,
         projection: &'a Projection,
+        /// The scale's receptive field, which sets its output grid: the features have none of
+        /// their own, and a scale may have no students to take it from.
+        patch_size: usize,
     },
+}
+
+impl TeacherExport<'_> {
+    /// The patch size of the scale this teacher belongs to.
+    pub fn patch_size(&self) -> usize {
+        match self {
+            TeacherExport::Network(weights) => weights.patch_size,
+            TeacherExport::Features { patch_size, .. } => *patch_size,
+        }
+    }
 }
 
 /// The networks and statistics of one scale, ready to be written into a bundle.
@@ -347,11 +362,10 @@ pub struct ScaleExport<'a> {
 }
 
 /// The ONNX graph of a scale's teacher at `stride` on `input`, its output normalised by `norm`
-/// (folded into its last layer). `patch_size` is the scale's (a feature teacher has none).
+/// (folded into its last layer).
 pub fn teacher_graph(
     teacher: TeacherExport<'_>,
     input: &crate::judge::preprocess::InputSpec,
-    patch_size: usize,
     stride: usize,
     norm: &ChannelNorm,
 ) -> Result<pb::ModelProto, ExportError> {
@@ -369,6 +383,7 @@ pub fn teacher_graph(
         TeacherExport::Features {
             teacher,
             projection,
+            patch_size,
         } => {
             let arch = crate::networks::arch::Architecture::for_patch_size(patch_size)?;
             let grid = arch.output_size(mode, input.height, input.width)?;
@@ -414,14 +429,16 @@ pub fn write_bundle(
     })?;
     let mut specs = Vec::with_capacity(scales.len());
     for scale in scales {
-        // The students set the scale's architecture (a feature teacher has none of its own).
-        let p = match (scale.teacher, scale.students.first()) {
-            (TeacherExport::Network(weights), _) => weights.patch_size,
-            (TeacherExport::Features { .. }, Some(student)) => student.patch_size,
-            (TeacherExport::Features { .. }, None) => return Err(ExportError::NoStudents.into()),
-        };
+        let p = scale.teacher.patch_size();
+        if let Some(student) = scale.students.iter().find(|s| s.patch_size != p) {
+            return Err(ExportError::StudentPatchSize {
+                teacher: p,
+                student: student.patch_size,
+            }
+            .into());
+        }
         let teacher_file = format!("p{p}-s{}-teacher.onnx", scale.stride);
-        let model = teacher_graph(scale.teacher, &input, p, scale.stride, &scale.teacher_norm)?;
+        let model = teacher_graph(scale.teacher, &input, scale.stride, &scale.teacher_norm)?;
         save_model(&model, &dir.join(&teacher_file))?;
         let mut student_files = Vec::new();
         for (i, student) in scale.students.iter().enumerate() {

@@ -1,0 +1,71 @@
+//! Where tract spends a network's time, node by node: the evidence behind README's
+//! ustad / ONNX Runtime ratio (issue 13).
+//!
+//!     cargo run --release --example profile_network -- BUNDLE/p65-s8-teacher.onnx 128 128 [RUNS]
+//!
+//! Loads the graph at a fixed 1×3×H×W input exactly as the engine does (pinned shape,
+//! `into_optimized`), runs it RUNS times single-threaded and prints the slowest nodes with
+//! their share of the median frame.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::plan::eval;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [path, height, width, rest @ ..] = args.as_slice() else {
+        bail!("usage: profile_network MODEL.onnx HEIGHT WIDTH [RUNS]");
+    };
+    let (height, width): (usize, usize) = (height.parse()?, width.parse()?);
+    let runs: usize = rest.first().map(|r| r.parse()).transpose()?.unwrap_or(20);
+    let model = tract_onnx::onnx()
+        .model_for_path(path)
+        .with_context(|| format!("reading {path}"))?
+        .with_input_fact(0, f32::fact([1, 3, height, width]).into())?
+        .into_optimized()?
+        .into_runnable()?;
+    let input: TValue = Tensor::zero::<f32>(&[1, 3, height, width])?.into();
+    let mut state = TypedSimpleState::new(&model)?;
+    let mut per_node: BTreeMap<usize, (String, Vec<Duration>)> = BTreeMap::new();
+    let mut totals = Vec::with_capacity(runs);
+    for _ in 0..runs + 2 {
+        let started = Instant::now();
+        state.run_plan_with_eval(tvec![input.clone()], |session, op_state, node, inputs| {
+            let t = Instant::now();
+            let outputs = eval(session, op_state, node, inputs);
+            let entry = per_node
+                .entry(node.id)
+                .or_insert_with(|| (format!("{} ({})", node.name, node.op.name()), Vec::new()));
+            entry.1.push(t.elapsed());
+            outputs
+        })?;
+        totals.push(started.elapsed());
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let frame = median(&mut totals);
+    let mut rows: Vec<(Duration, String)> = per_node
+        .into_values()
+        .map(|(name, mut times)| (median(&mut times), name))
+        .collect();
+    rows.sort_by_key(|row| std::cmp::Reverse(row.0));
+    println!(
+        "{path}: median {:.2} ms over {runs} runs, {} nodes",
+        ms(frame),
+        rows.len()
+    );
+    for (time, name) in rows.iter().take(25) {
+        let share = 100.0 * time.as_secs_f64() / frame.as_secs_f64();
+        println!("  {:8.3} ms {share:5.1} %  {name}", ms(*time));
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
