@@ -43,16 +43,20 @@ pub enum Scheduled {
     },
 }
 
-/// Counters for metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Counters for metrics, and the `actuator` object of the daemon's `/status`. The part and
+/// fail-safe counts are left out there: `/status` has them per verdict from the pipeline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ActuatorStats {
     /// Parts submitted.
+    #[serde(skip)]
     pub parts: u64,
     /// Parts that asked for a reject (defective or fail-safe).
     pub rejects: u64,
     /// Of those, rejects due to the fail-safe policy.
+    #[serde(skip)]
     pub failsafe_rejects: u64,
     /// Unjudged parts passed by the `pass` policy.
+    #[serde(skip)]
     pub failsafe_passes: u64,
     /// Pulses actually driven on the line (merged pulses count once).
     pub pulses: u64,

@@ -435,7 +435,7 @@ impl Metrics {
                 .iter()
                 .map(|(k, v)| (k.as_str().to_string(), *v))
                 .collect(),
-            actuator: ActuatorSnapshot::from(actuator),
+            actuator,
             latency_verdict: LatencySummary::of(&m.samples_verdict),
             latency_actuator: LatencySummary::of(&m.samples_actuator),
             inference: LatencySummary::of(&m.samples_inference),
@@ -573,39 +573,6 @@ impl Metrics {
     }
 }
 
-/// Actuator counters in `/status`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct ActuatorSnapshot {
-    /// Parts that asked for a reject.
-    pub rejects: u64,
-    /// Pulses driven.
-    pub pulses: u64,
-    /// Part pulses merged into a neighbour's.
-    pub merged: u64,
-    /// Pulses started late.
-    pub late: u64,
-    /// Rejects that could not be fired.
-    pub missed: u64,
-    /// Parts the actuator failed safe at their deadline (no verdict in time).
-    pub expired: u64,
-    /// Failed level changes.
-    pub pin_errors: u64,
-}
-
-impl From<ActuatorStats> for ActuatorSnapshot {
-    fn from(s: ActuatorStats) -> Self {
-        ActuatorSnapshot {
-            rejects: s.rejects,
-            pulses: s.pulses,
-            merged: s.merged,
-            late: s.late,
-            missed: s.missed,
-            expired: s.expired,
-            pin_errors: s.pin_errors,
-        }
-    }
-}
-
 /// The counters at one moment: `/status` and the exit summary.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
@@ -622,7 +589,7 @@ pub struct Snapshot {
     /// Fail-safe events by reason.
     pub failsafe: BTreeMap<String, u64>,
     /// Actuator counters.
-    pub actuator: ActuatorSnapshot,
+    pub actuator: ActuatorStats,
     /// Capture → verdict.
     pub latency_verdict: LatencySummary,
     /// Capture → actuator command.
