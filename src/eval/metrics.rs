@@ -21,6 +21,7 @@
 use rayon::slice::ParallelSliceMut;
 use serde::Serialize;
 use thiserror::Error;
+use ustad_core::judge::decide::Verdict;
 pub use ustad_core::plot::CurvePoint;
 
 use super::components::{checked_area, label_into};
@@ -762,7 +763,10 @@ impl ThresholdReport {
         if let Some(index) = scores.iter().position(|s| s.is_nan()) {
             return Err(MetricError::NanScore { index });
         }
-        let rejected: Vec<bool> = scores.iter().map(|&s| s >= threshold).collect();
+        let rejected: Vec<bool> = scores
+            .iter()
+            .map(|&s| Verdict::from_score(s, threshold).rejects())
+            .collect();
         Self::from_decisions(&rejected, defective)
     }
 
@@ -860,7 +864,7 @@ pub fn mistakes(
     }
     let mut m = Mistakes::default();
     for (i, (&s, &d)) in scores.iter().zip(defective).enumerate() {
-        match (s >= threshold, d) {
+        match (Verdict::from_score(s, threshold).rejects(), d) {
             (true, false) => m.false_rejects.push(i),
             (false, true) => m.escapes.push(i),
             _ => {}

@@ -208,7 +208,7 @@ pub struct ScoredImage {
     pub category: String,
     pub defective: bool,
     pub score: f32,
-    /// The engine's verdict at the bundle threshold (`score >= threshold`).
+    /// Whether the engine's verdict at the bundle threshold rejects the part.
     pub rejected: bool,
 }
 
@@ -274,7 +274,7 @@ pub fn score_test_split(
             category: item.category.clone(),
             defective: item.is_defective(),
             score: analysis.score,
-            rejected: analysis.score >= threshold,
+            rejected: analysis.verdict.rejects(),
         });
         maps.push(analysis.map.to_vec());
         masks.push(mask);
