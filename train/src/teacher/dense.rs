@@ -23,7 +23,6 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -409,7 +408,7 @@ pub fn train_dense(options: &TeacherOptions, device: &Device) -> Result<TeacherR
         f32::NAN
     };
 
-    let bar = progress_bar(options, start_step);
+    let bar = super::progress_bar(options, "dense p", start_step);
     let cells_per_step = (options.batch * grid.height * grid.width) as f64;
     let train_started = Instant::now();
     let mut last_validation = history
@@ -585,21 +584,4 @@ fn probe(
         least_squares_validation_error(&x, &y, &xv, &yv, DESCRIPTOR_DIM, channels)
     };
     Ok((fitted(teachers[0]), fitted(teachers[1])))
-}
-
-fn progress_bar(options: &TeacherOptions, start_step: usize) -> ProgressBar {
-    let bar = if options.progress {
-        ProgressBar::new(options.iterations as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "dense p={prefix} {pos}/{len} {bar:25} {per_sec} eta {eta} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_prefix(options.patch_size.to_string());
-    bar.set_position(start_step as u64);
-    bar
 }

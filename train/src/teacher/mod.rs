@@ -494,24 +494,7 @@ fn train_patch(options: &TeacherOptions, device: &Device) -> Result<TeacherRepor
     log::info!("backbone targets took {backbone_seconds:.1} s");
 
     device.seed(options.seed);
-    let mut model = Distiller {
-        teacher: PatchNet::new(p, device)?,
-        decoder: LinearConfig::new(DESCRIPTOR_DIM, train_set.dim).init(device),
-    };
-    // Start the decoder at the mean target: the first steps then learn structure, not the
-    // offset (which otherwise dominates a short CPU run).
-    let target_mean: Vec<f32> = (0..train_set.dim)
-        .map(|d| {
-            (0..train_set.patches.len())
-                .map(|i| train_set.targets[i * train_set.dim + d])
-                .sum::<f32>()
-                / train_set.patches.len() as f32
-        })
-        .collect();
-    model.decoder.bias = Some(Param::from_tensor(Tensor::from_data(
-        TensorData::new(target_mean, [train_set.dim]),
-        device,
-    )));
+    let mut model = initial_distiller(p, &train_set, device)?;
     let random_teacher = PatchNet::new(p, device)?;
     let mut optimizer = AdamConfig::new()
         .with_weight_decay(Some(WeightDecayConfig::new(options.weight_decay as f32)))
@@ -537,17 +520,7 @@ fn train_patch(options: &TeacherOptions, device: &Device) -> Result<TeacherRepor
         f32::NAN
     };
 
-    let bar = if options.progress {
-        ProgressBar::new(options.iterations as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("p={prefix} {pos}/{len} {bar:25} {per_sec} eta {eta} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_prefix(p.to_string());
-    bar.set_position(start_step as u64);
+    let bar = progress_bar(options, "p", start_step);
     let train_started = Instant::now();
     let mut last_validation = history
         .iter()
@@ -562,47 +535,7 @@ fn train_patch(options: &TeacherOptions, device: &Device) -> Result<TeacherRepor
         validation_k: None,
     };
     for step in start_step..options.iterations {
-        // A generator per step: resuming at step N draws exactly the batches a full run would.
-        let mut step_rng = StdRng::seed_from_u64(
-            options.seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
-        let idx: Vec<usize> = (0..options.batch)
-            .map(|_| step_rng.random_range(0..train_set.patches.len()))
-            .collect();
-        let x = batch_input(&train_set, &idx, p, device);
-        let y = batch_targets(&train_set, &idx, device);
-        let descriptors = model.teacher.descriptors(x);
-        let loss_k = distillation_loss(model.decoder.forward(descriptors.clone()), y);
-        let loss_c = compactness_loss(descriptors.clone());
-        let mut loss = loss_k.clone().mul_scalar(options.lambda_k)
-            + loss_c.clone().mul_scalar(options.lambda_c);
-        let mut loss_m_value = 0.0;
-        if options.lambda_m > 0.0 {
-            let positives = jitter(&train_set, &idx, &mut step_rng);
-            let neg_idx: Vec<usize> = (0..options.batch)
-                .map(|_| step_rng.random_range(0..train_set.patches.len()))
-                .collect();
-            let all: Vec<usize> = (0..options.batch).collect();
-            let d_pos = model
-                .teacher
-                .descriptors(batch_input(&positives, &all, p, device));
-            let d_neg = model
-                .teacher
-                .descriptors(batch_input(&train_set, &neg_idx, p, device));
-            let loss_m = triplet_loss(descriptors, d_pos, d_neg, options.margin);
-            loss_m_value = scalar(loss_m.clone());
-            loss = loss + loss_m.mul_scalar(options.lambda_m);
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optimizer.step(options.learning_rate, model, grads);
-
-        last = LossRecord {
-            step: step + 1,
-            train_k: scalar(loss_k),
-            train_c: scalar(loss_c),
-            train_m: loss_m_value,
-            validation_k: None,
-        };
+        (model, last) = patch_step(model, &mut optimizer, options, &train_set, step, device);
         if !last.train_k.is_finite() {
             bail!(
                 "training diverged at step {}: L_k = {}",
@@ -669,6 +602,104 @@ fn train_patch(options: &TeacherOptions, device: &Device) -> Result<TeacherRepor
     );
     write_outputs(&options.out, &weights, &history, &report)?;
     Ok(report)
+}
+
+/// The distiller at step 0: a fresh teacher, and a decoder whose bias starts at the mean
+/// target, so the first steps learn structure, not the offset (which otherwise dominates a
+/// short CPU run).
+fn initial_distiller(p: usize, train_set: &PatchSet, device: &Device) -> Result<Distiller> {
+    let mut model = Distiller {
+        teacher: PatchNet::new(p, device)?,
+        decoder: LinearConfig::new(DESCRIPTOR_DIM, train_set.dim).init(device),
+    };
+    let target_mean: Vec<f32> = (0..train_set.dim)
+        .map(|d| {
+            (0..train_set.patches.len())
+                .map(|i| train_set.targets[i * train_set.dim + d])
+                .sum::<f32>()
+                / train_set.patches.len() as f32
+        })
+        .collect();
+    model.decoder.bias = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(target_mean, [train_set.dim]),
+        device,
+    )));
+    Ok(model)
+}
+
+/// The progress bar of a teacher run of `options.iterations` steps, resumed at `start_step`.
+pub(crate) fn progress_bar(
+    options: &TeacherOptions,
+    label: &str,
+    start_step: usize,
+) -> ProgressBar {
+    let bar = if options.progress {
+        ProgressBar::new(options.iterations as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{label}={{prefix}} {{pos}}/{{len}} {{bar:25}} {{per_sec}} eta {{eta}} {{msg}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(options.patch_size.to_string());
+    bar.set_position(start_step as u64);
+    bar
+}
+
+/// One optimiser step of patch distillation on the batch that `step` draws. A generator per
+/// step: resuming at step N draws exactly the batches a full run would. Returns the updated
+/// model and the step's training losses (its validation is the caller's).
+fn patch_step(
+    model: Distiller,
+    optimizer: &mut ModuleOptimizer,
+    options: &TeacherOptions,
+    train_set: &PatchSet,
+    step: usize,
+    device: &Device,
+) -> (Distiller, LossRecord) {
+    let p = options.patch_size;
+    let mut step_rng =
+        StdRng::seed_from_u64(options.seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let idx: Vec<usize> = (0..options.batch)
+        .map(|_| step_rng.random_range(0..train_set.patches.len()))
+        .collect();
+    let x = batch_input(train_set, &idx, p, device);
+    let y = batch_targets(train_set, &idx, device);
+    let descriptors = model.teacher.descriptors(x);
+    let loss_k = distillation_loss(model.decoder.forward(descriptors.clone()), y);
+    let loss_c = compactness_loss(descriptors.clone());
+    let mut loss =
+        loss_k.clone().mul_scalar(options.lambda_k) + loss_c.clone().mul_scalar(options.lambda_c);
+    let mut loss_m_value = 0.0;
+    if options.lambda_m > 0.0 {
+        let positives = jitter(train_set, &idx, &mut step_rng);
+        let neg_idx: Vec<usize> = (0..options.batch)
+            .map(|_| step_rng.random_range(0..train_set.patches.len()))
+            .collect();
+        let all: Vec<usize> = (0..options.batch).collect();
+        let d_pos = model
+            .teacher
+            .descriptors(batch_input(&positives, &all, p, device));
+        let d_neg = model
+            .teacher
+            .descriptors(batch_input(train_set, &neg_idx, p, device));
+        let loss_m = triplet_loss(descriptors, d_pos, d_neg, options.margin);
+        loss_m_value = scalar(loss_m.clone());
+        loss = loss + loss_m.mul_scalar(options.lambda_m);
+    }
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let model = optimizer.step(options.learning_rate, model, grads);
+    let record = LossRecord {
+        step: step + 1,
+        train_k: scalar(loss_k),
+        train_c: scalar(loss_c),
+        train_m: loss_m_value,
+        validation_k: None,
+    };
+    (model, record)
 }
 
 /// The training and validation patches (from disjoint corpus images) and their backbone
