@@ -20,7 +20,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
 use rand::rngs::StdRng;
@@ -337,9 +337,6 @@ pub fn train_dense(options: &TeacherOptions, device: &Device) -> Result<TeacherR
     let setup = DenseSetup::load(options)?;
     let p = options.patch_size;
     let grid = setup.grid;
-    let mode = Mode::Image {
-        stride: grid.stride,
-    };
     let channels = setup.target_channels();
     let ckpt = super::checkpoint_dir(&options.out);
     let started = Instant::now();
@@ -350,34 +347,8 @@ pub fn train_dense(options: &TeacherOptions, device: &Device) -> Result<TeacherR
         None
     };
 
-    // Normalisation and validation sets come from their own seeded generators, so a resumed
-    // run rebuilds exactly what the straight run had.
-    let mut setup_rng = StdRng::seed_from_u64(options.seed ^ 0xD15C_0DE5);
-    let (target_mean, target_std) = match &resumed {
-        Some(state) => (state.target_mean.clone(), state.target_std.clone()),
-        None => {
-            let crops = sample_crops(
-                &setup,
-                &setup.train_images,
-                NORMALISATION_CROPS.max(options.batch),
-                options,
-                &mut setup_rng,
-            );
-            channel_moments(&setup.raw_targets(&crops)?, channels)
-        }
-    };
-    let mut validation_rng = StdRng::seed_from_u64(options.seed ^ 0x7A11_DA7E);
-    let validation = {
-        let crops = sample_crops(
-            &setup,
-            &setup.validation_images,
-            options.validation_crops.max(1),
-            options,
-            &mut validation_rng,
-        );
-        let targets = setup.normalised_targets(&crops, &target_mean, &target_std)?;
-        CropSet { crops, targets }
-    };
+    let ((target_mean, target_std), validation) =
+        normalisation_and_validation(options, &setup, resumed.as_ref())?;
     let backbone_seconds = started.elapsed().as_secs_f64();
 
     device.seed(options.seed);
@@ -418,32 +389,16 @@ pub fn train_dense(options: &TeacherOptions, device: &Device) -> Result<TeacherR
         .unwrap_or(initial_validation_k);
     let mut last_train_k = f32::NAN;
     for step in start_step..options.iterations {
-        let mut rng = step_rng(options.seed, step);
-        let crops = sample_crops(
-            &setup,
-            &setup.train_images,
-            options.batch,
+        let (stepped, mut record) = dense_step(
+            model,
+            &mut optimizer,
             options,
-            &mut rng,
-        );
-        let targets = setup.normalised_targets(&crops, &target_mean, &target_std)?;
-        let x = crop_input(&crops, grid.input, device);
-        let y = target_tensor(&targets, channels, &grid, device);
-        let descriptors = model.teacher.forward(x, mode)?;
-        let loss_k = dense_distillation_loss(model.decoder.forward(descriptors.clone()), y);
-        let loss_c = compactness_loss(cells(descriptors));
-        let loss = loss_k.clone().mul_scalar(options.lambda_k)
-            + loss_c.clone().mul_scalar(options.lambda_c);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optimizer.step(options.learning_rate, model, grads);
-
-        let mut record = LossRecord {
-            step: step + 1,
-            train_k: scalar(loss_k),
-            train_c: scalar(loss_c),
-            train_m: 0.0,
-            validation_k: None,
-        };
+            &setup,
+            (&target_mean, &target_std),
+            step,
+            device,
+        )?;
+        model = stepped;
         if !record.train_k.is_finite() {
             bail!(
                 "training diverged at step {}: L_k = {}",
@@ -530,6 +485,79 @@ pub fn train_dense(options: &TeacherOptions, device: &Device) -> Result<TeacherR
     );
     super::write_outputs(&options.out, &weights, &history, &report)?;
     Ok(report)
+}
+
+/// Per-channel mean and standard deviation of the dense targets.
+type TargetMoments = (Vec<f32>, Vec<f32>);
+
+/// The targets' normalisation (the checkpoint's when resuming) and the validation crops. Both
+/// come from their own seeded generators, so a resumed run rebuilds exactly what the straight
+/// run had.
+fn normalisation_and_validation(
+    options: &TeacherOptions,
+    setup: &DenseSetup,
+    resumed: Option<&DenseCheckpoint>,
+) -> Result<(TargetMoments, CropSet)> {
+    let mut setup_rng = StdRng::seed_from_u64(options.seed ^ 0xD15C_0DE5);
+    let (target_mean, target_std) = match resumed {
+        Some(state) => (state.target_mean.clone(), state.target_std.clone()),
+        None => {
+            let crops = sample_crops(
+                setup,
+                &setup.train_images,
+                NORMALISATION_CROPS.max(options.batch),
+                options,
+                &mut setup_rng,
+            );
+            channel_moments(&setup.raw_targets(&crops)?, setup.target_channels())
+        }
+    };
+    let mut validation_rng = StdRng::seed_from_u64(options.seed ^ 0x7A11_DA7E);
+    let validation = {
+        let crops = sample_crops(
+            setup,
+            &setup.validation_images,
+            options.validation_crops.max(1),
+            options,
+            &mut validation_rng,
+        );
+        let targets = setup.normalised_targets(&crops, &target_mean, &target_std)?;
+        CropSet { crops, targets }
+    };
+    Ok(((target_mean, target_std), validation))
+}
+
+/// One optimiser step of dense distillation on the crops that `step` draws (its own seeded
+/// generator, so a resumed run draws what a straight one would). Returns the updated model and
+/// the step's training losses (its validation is the caller's).
+fn dense_step(
+    model: DenseDistiller,
+    optimizer: &mut ModuleOptimizer,
+    options: &TeacherOptions,
+    setup: &DenseSetup,
+    (target_mean, target_std): (&[f32], &[f32]),
+    step: usize,
+    device: &Device,
+) -> Result<(DenseDistiller, LossRecord)> {
+    let grid = setup.grid;
+    let mut rng = step_rng(options.seed, step);
+    let crops = sample_crops(setup, &setup.train_images, options.batch, options, &mut rng);
+    let targets = setup.normalised_targets(&crops, target_mean, target_std)?;
+    let x = crop_input(&crops, grid.input, device);
+    let y = target_tensor(&targets, setup.target_channels(), &grid, device);
+    let descriptors = model.teacher.forward(
+        x,
+        Mode::Image {
+            stride: grid.stride,
+        },
+    )?;
+    let loss_k = dense_distillation_loss(model.decoder.forward(descriptors.clone()), y);
+    let loss_c = compactness_loss(cells(descriptors));
+    let loss =
+        loss_k.clone().mul_scalar(options.lambda_k) + loss_c.clone().mul_scalar(options.lambda_c);
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let model = optimizer.step(options.learning_rate, model, grads);
+    Ok((model, LossRecord::after_step(step, loss_k, loss_c, 0.0)))
 }
 
 /// The checkpoint in `ckpt` to resume from, refused unless it is of the same patch size,

@@ -133,6 +133,19 @@ pub struct LossRecord {
     pub validation_k: Option<f32>,
 }
 
+impl LossRecord {
+    /// The training losses of 0-based step `step`; its validation is measured apart.
+    fn after_step(step: usize, loss_k: Tensor<1>, loss_c: Tensor<1>, train_m: f32) -> Self {
+        LossRecord {
+            step: step + 1,
+            train_k: scalar(loss_k),
+            train_c: scalar(loss_c),
+            train_m,
+            validation_k: None,
+        }
+    }
+}
+
 /// What a run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TeacherReport {
@@ -692,14 +705,10 @@ fn patch_step(
     }
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     let model = optimizer.step(options.learning_rate, model, grads);
-    let record = LossRecord {
-        step: step + 1,
-        train_k: scalar(loss_k),
-        train_c: scalar(loss_c),
-        train_m: loss_m_value,
-        validation_k: None,
-    };
-    (model, record)
+    (
+        model,
+        LossRecord::after_step(step, loss_k, loss_c, loss_m_value),
+    )
 }
 
 /// The training and validation patches (from disjoint corpus images) and their backbone
