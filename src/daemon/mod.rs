@@ -475,6 +475,12 @@ impl Daemon {
                 ..verdicts
             },
         };
+        // READY before the frame loop starts: its watchdog pings must come after it, and a
+        // loaded machine may schedule the loop's first ping before this thread runs again.
+        options.notifier.notify(&Notification::Ready);
+        options
+            .notifier
+            .notify(&Notification::Status("judging parts".into()));
         let capture_thread = spawn("ustad-capture", move || capture.run())?;
 
         let shared = Arc::new(Shared {
@@ -490,10 +496,6 @@ impl Daemon {
             engine_threads: options.engine_threads,
             reloading: Mutex::new(()),
         });
-        options.notifier.notify(&Notification::Ready);
-        options
-            .notifier
-            .notify(&Notification::Status("judging parts".into()));
         Ok(Daemon {
             shared,
             capture: Some(capture_thread),
