@@ -133,6 +133,15 @@ mod tests {
         }
     }
 
+    /// The variances of a `channels × channels` covariance, with their smallest and largest.
+    fn variances(cov: &[f64], channels: usize) -> (Vec<f64>, f64, f64) {
+        let diagonal: Vec<f64> = (0..channels).map(|c| cov[c * channels + c]).collect();
+        let (lo, hi) = diagonal
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
+        (diagonal, lo, hi)
+    }
+
     /// Residuals with a dominant direction (channel variances 2.4 to 34): after whitening no
     /// direction dominates any more (the shrinkage keeps the weakest a little below the rest).
     #[test]
@@ -151,17 +160,11 @@ mod tests {
         let (w, summary) =
             residual_whitening(&teacher, &[vec![student.clone()]], channels).unwrap();
         assert_eq!(summary.images, 1);
-        let ratio = |cov: &[f64]| {
-            let d: Vec<f64> = (0..channels).map(|c| cov[c * channels + c]).collect();
-            d.iter().cloned().fold(f64::MIN, f64::max) / d.iter().cloned().fold(f64::MAX, f64::min)
-        };
-        assert!(ratio(&covariance(&[student.clone()], channels)) > 10.0);
+        let (_, raw_lo, raw_hi) = variances(&covariance(&[student.clone()], channels), channels);
+        assert!(raw_hi / raw_lo > 10.0);
         let whitened = w.apply(&student);
         let cov = covariance(&[whitened], channels);
-        let diagonal: Vec<f64> = (0..channels).map(|c| cov[c * channels + c]).collect();
-        let (lo, hi) = diagonal
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
+        let (diagonal, lo, hi) = variances(&cov, channels);
         assert!(hi / lo < 2.0, "whitened variances {diagonal:?}");
         for a in 0..channels {
             for b in 0..channels {
@@ -194,10 +197,7 @@ mod tests {
         let (predicting_zero, _) = residual_whitening(&[teacher], &[zero], channels).unwrap();
         assert_eq!(alone.apply(&negated), predicting_zero.apply(&negated));
         let cov = covariance(&[alone.apply(&negated)], channels);
-        let diagonal: Vec<f64> = (0..channels).map(|c| cov[c * channels + c]).collect();
-        let (lo, hi) = diagonal
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
+        let (diagonal, lo, hi) = variances(&cov, channels);
         assert!(hi / lo < 2.0, "whitened variances {diagonal:?}");
     }
 
