@@ -251,9 +251,9 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
     for (scale_index, scale) in preset.scales.iter().enumerate() {
         let (teacher, norm, targets) =
             teacher_targets(options, &spec, &work, scale, &train_inputs)?;
-        let students = if preset.students == 0 {
-            final_losses.push(Vec::new());
-            Vec::new()
+        // A preset of no students scores its teacher alone: nothing to train.
+        let (students, losses) = if preset.students == 0 {
+            (Vec::new(), Vec::new())
         } else {
             let (ensemble, losses) = train_students(
                 options,
@@ -264,9 +264,12 @@ pub fn fit(options: &FitOptions, device: &Device) -> Result<FitReport> {
                 &train_inputs,
                 &targets,
             )?;
-            final_losses.push(losses.last().cloned().unwrap_or_default());
-            ensemble.students.iter().map(|s| s.to_weights()).collect()
+            (
+                ensemble.students.iter().map(|s| s.to_weights()).collect(),
+                losses,
+            )
         };
+        final_losses.push(losses.last().cloned().unwrap_or_default());
         scales.push(FittedScale {
             teacher,
             norm,
