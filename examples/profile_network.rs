@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::eval;
+use ustad::percentile::median;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,24 +45,22 @@ fn main() -> Result<()> {
         })?;
         totals.push(started.elapsed());
     }
-    let median = |v: &mut Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
-    };
-    let frame = median(&mut totals);
-    let mut rows: Vec<(Duration, String)> = per_node
+    // Milliseconds, through the one median every ustad timing uses.
+    let median_ms = |v: &[Duration]| median(&mut v.iter().map(|&d| ms(d)).collect::<Vec<_>>());
+    let frame = median_ms(&totals);
+    let mut rows: Vec<(f64, String)> = per_node
         .into_values()
-        .map(|(name, mut times)| (median(&mut times), name))
+        .map(|(name, times)| (median_ms(&times), name))
         .collect();
-    rows.sort_by_key(|row| std::cmp::Reverse(row.0));
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
     println!(
         "{path}: median {:.2} ms over {runs} runs, {} nodes",
-        ms(frame),
+        frame,
         rows.len()
     );
     for (time, name) in rows.iter().take(25) {
-        let share = 100.0 * time.as_secs_f64() / frame.as_secs_f64();
-        println!("  {:8.3} ms {share:5.1} %  {name}", ms(*time));
+        let share = 100.0 * time / frame;
+        println!("  {time:8.3} ms {share:5.1} %  {name}");
     }
     Ok(())
 }

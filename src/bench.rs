@@ -9,12 +9,14 @@
 //! image.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use image::DynamicImage;
+use image::{DynamicImage, RgbImage};
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::percentile::{median, percentile};
 use ustad_core::bundle::cost::{CostError, ScaleCost, network_macs, scale_costs};
 use ustad_core::bundle::{Bundle, Precision};
 use ustad_core::engine::{Engine, EngineError, EngineOptions};
@@ -159,25 +161,6 @@ pub fn missing_precision(bundle: &Bundle, precision: Precision) -> Option<String
     })
 }
 
-/// Nearest-rank percentile `q ∈ [0, 1]` of ascending `sorted` (empty → NaN).
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => values[n / 2],
-        _ => 0.5 * (values[n / 2 - 1] + values[n / 2]),
-    }
-}
-
 /// Compares `map` with the f32 `reference` (same size).
 pub fn parity(reference: &[f32], map: &[f32], bound: f64) -> Parity {
     let (lo, hi) = reference
@@ -262,6 +245,8 @@ pub struct PrecisionRun {
     pub map: Vec<f32>,
     /// `(label, output)` of every network for the benchmark image, in engine order.
     pub outputs: Vec<(String, Vec<f32>)>,
+    /// The benchmark image as the engine judged it (resized to the input size).
+    pub judged: Arc<RgbImage>,
 }
 
 /// Loads `bundle` at `precision` and times `options.runs` frames of `image` after
@@ -350,6 +335,7 @@ pub fn bench_precision(
         },
         map,
         outputs,
+        judged: Arc::clone(engine.judged_image()),
     })
 }
 
@@ -591,22 +577,18 @@ impl BenchReport {
     }
 }
 
-/// Writes the normalised input of `image` and every network's output of `run` as raw
+/// Writes the normalised input that `run` judged and every network's output as raw
 /// little-endian f32 files plus `dump.json`, for comparing against another runtime
 /// (`benches/ort_compare.py`). Each network entry names its ONNX file inside the bundle.
-pub fn dump_run(
-    dir: &Path,
-    bundle: &Bundle,
-    image: &DynamicImage,
-    run: &PrecisionRun,
-) -> Result<(), BenchError> {
+pub fn dump_run(dir: &Path, bundle: &Bundle, run: &PrecisionRun) -> Result<(), BenchError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| BenchError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let spec = &bundle.manifest.input;
-    let input = preprocess::to_input(image, spec);
+    let mut input = vec![0.0; 3 * spec.width * spec.height];
+    preprocess::normalise_into(&run.judged, spec, &mut input);
     let input_path = dir.join("input.f32");
     std::fs::write(&input_path, f32_bytes(&input)).map_err(io(&input_path))?;
     let files: Vec<&str> = bundle
@@ -665,16 +647,6 @@ pub fn parse_precisions(text: &str) -> Result<Vec<Precision>, String> {
 mod tests {
     use super::*;
     use ustad_core::networks::arch::{Architecture, Mode};
-
-    #[test]
-    fn percentile_is_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 0.99), 99.0);
-        assert_eq!(percentile(&v, 0.5), 50.0);
-        assert_eq!(percentile(&v, 1.0), 100.0);
-        assert_eq!(percentile(&[3.0], 0.99), 3.0);
-        assert!(percentile(&[], 0.5).is_nan());
-    }
 
     #[test]
     fn parity_is_relative_to_the_reference_spread() {

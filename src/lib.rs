@@ -22,6 +22,8 @@
 //!
 //! - [`eval`]: image/pixel AUROC, AU-PRO, confusion counts at a threshold, ROC/PRO plots.
 //! - [`bench`]: per-frame latency per precision, per-network breakdown, precision advice.
+//! - [`percentile`]: the one median and nearest-rank percentile of every timing above and of
+//!   the daemon's latency summaries.
 
 pub mod actuate;
 pub mod bench;
@@ -31,3 +33,4 @@ pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod eval;
+pub mod percentile;

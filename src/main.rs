@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use ustad_core::bundle::{Bundle, Precision};
 use ustad_core::engine::{Engine, EngineOptions};
+use ustad_core::judge::decide::FailSafePolicy;
 use ustad_core::judge::heatmap;
 
 mod measure;
@@ -120,6 +121,8 @@ fn score(
         bail!("no images found in {inputs:?}");
     }
     let threshold = engine.threshold();
+    // What the daemon's default policy does with a part it cannot judge.
+    let unjudged = FailSafePolicy::default().verdict();
     let mut failures = 0;
     let names = heatmap_names(&files);
     for (file, name) in files.iter().zip(&names) {
@@ -127,7 +130,7 @@ fn score(
             Ok(image) => image,
             Err(e) => {
                 // A part we cannot read is a part we cannot pass.
-                println!("{}\tNaN\treject\t(unreadable: {e})", file.display());
+                println!("{}\tNaN\t{unjudged}\t(unreadable: {e})", file.display());
                 failures += 1;
                 continue;
             }
@@ -155,7 +158,7 @@ fn score(
                 }
             }
             Err(e) => {
-                println!("{}\tNaN\treject\t({e})", file.display());
+                println!("{}\tNaN\t{unjudged}\t({e})", file.display());
                 failures += 1;
             }
         }

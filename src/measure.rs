@@ -152,7 +152,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             && dump_error.is_none()
         {
             let dir = dir.join(run.bench.precision.to_string());
-            dump_error = bench::dump_run(&dir, &bundle, &image, run).err();
+            dump_error = bench::dump_run(&dir, &bundle, run).err();
         }
     })
     .context("benchmarking")?;

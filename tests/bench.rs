@@ -2,7 +2,7 @@
 //! explained, the recommendation is one of the measured ones, and `--dump` writes what
 //! `benches/ort_compare.py` reads.
 
-mod common;
+use ustad_core::testing as common;
 
 use std::process::Command;
 
@@ -175,12 +175,7 @@ fn network_macs_are_counted_from_the_graphs() {
     // half-width students, edge-fast: quarter-width).
     let mut per_student = Vec::new();
     for name in ["mtd-edge", "mtd-edge-fast"] {
-        let shipped = Bundle::load(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("models/bundles")
-                .join(name),
-        )
-        .unwrap();
+        let shipped = Bundle::load(&common::repo_path("models/bundles").join(name)).unwrap();
         let macs = ustad_core::bundle::cost::network_macs(&shipped).unwrap();
         let scale = &shipped.manifest.scales[0];
         let input = &shipped.manifest.input;

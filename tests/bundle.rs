@@ -1,6 +1,6 @@
 //! A bad bundle is refused at load with an error that names the file and the field.
 
-mod common;
+use ustad_core::testing as common;
 
 use std::path::Path;
 

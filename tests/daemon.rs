@@ -5,7 +5,7 @@
 //! The bundle is the trained one (`models/bundles/mtd-edge`) when it exists, else a bundle of
 //! random networks written through the real export path; the test says which it used.
 
-mod common;
+use ustad_core::testing as common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,6 +22,7 @@ use ustad::daemon::metrics::FailReason;
 use ustad::daemon::notify::{Notification, RecordingNotifier};
 use ustad::daemon::{Daemon, DaemonOptions, ReloadError};
 use ustad_core::engine::{Engine, EngineOptions};
+use ustad_core::images::images_in;
 use ustad_core::judge::decide::ImageScoreRule;
 use ustad_core::judge::decide::Verdict;
 use ustad_core::judge::preprocess::InputSpec;
@@ -30,7 +31,7 @@ const MTD_TEST: &str = "../shared/data/mtd/test";
 const TRAINED: &str = "models/bundles/mtd-edge";
 
 fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    common::repo_path(rel)
 }
 
 /// The trained bundle if present, else a small random one in `dir`.
@@ -67,21 +68,16 @@ fn replay_folder(dir: &Path, n: usize) -> PathBuf {
     for (kind, from) in [("defect", "blowhole"), ("good", "good")] {
         let out = frames.join(kind);
         std::fs::create_dir_all(&out).expect("mkdir");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(src.join(from))
-            .expect("MTD test split (../shared/data/mtd/test)")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
-            .collect();
-        files.sort();
+        let files = images_in(&src.join(from)).expect("MTD test split (../shared/data/mtd/test)");
         for f in files.iter().take(n) {
             std::os::unix::fs::symlink(f, out.join(f.file_name().expect("name"))).expect("link");
         }
     }
     let corrupt = frames.join("corrupt");
     std::fs::create_dir_all(&corrupt).expect("mkdir");
-    let some_jpeg = std::fs::read_dir(src.join("good"))
+    let some_jpeg = images_in(&src.join("good"))
         .expect("good")
-        .filter_map(|e| e.ok().map(|e| e.path()))
+        .into_iter()
         .find(|p| p.extension().is_some_and(|e| e == "jpg"))
         .expect("a jpeg");
     let bytes = std::fs::read(some_jpeg).expect("read");
@@ -204,12 +200,7 @@ fn replay_through_the_whole_pipeline() {
     let files = {
         let mut f: Vec<PathBuf> = Vec::new();
         for kind in ["corrupt", "defect", "good"] {
-            let mut k: Vec<PathBuf> = std::fs::read_dir(frames.join(kind))
-                .expect("list")
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .collect();
-            k.sort();
-            f.extend(k);
+            f.extend(images_in(&frames.join(kind)).expect("list"));
         }
         f
     };
@@ -512,11 +503,7 @@ fn overload_fails_parts_safe_at_their_deadline_not_after_the_flap() {
     let s = setup();
     let frames = s.root.join("frames");
     std::fs::create_dir_all(&frames).expect("mkdir");
-    let mut good: Vec<PathBuf> = std::fs::read_dir(repo(MTD_TEST).join("good"))
-        .expect("MTD test split")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    good.sort();
+    let good = images_in(&repo(MTD_TEST).join("good")).expect("MTD test split");
     for f in good.iter().take(6) {
         std::os::unix::fs::symlink(f, frames.join(f.file_name().expect("name"))).expect("link");
     }
@@ -802,6 +789,8 @@ fn reload_applies_good_configs_and_keeps_running_on_bad_ones() {
     assert_eq!(now.model.sensitivity, 2.0);
     assert_eq!(now.reject.delay, Duration::from_millis(450));
     assert_eq!(now.camera, before.camera, "camera keeps its running value");
+    // The reload itself puts the new threshold in force, before any part is judged.
+    assert_eq!(daemon.metrics().snapshot().threshold, 1.0);
 
     // The next part is judged at threshold 2.0 / 2 and its pulse uses the new delay.
     tx.send(Frame {

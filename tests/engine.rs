@@ -2,7 +2,7 @@
 //! tract must equal the direct-loop network, teacher normalisation must be folded correctly,
 //! and the fused map and image score must follow the formulas of the paper.
 
-mod common;
+use ustad_core::testing as common;
 
 use ustad_core::bundle::onnx::{ChannelNorm, GraphSpec, network_graph, save_model};
 use ustad_core::engine::{Engine, EngineOptions};
@@ -255,11 +255,11 @@ fn f16_precision_stays_close_to_f32() {
 
 #[test]
 fn the_engine_resizes_a_frame_once_and_returns_what_it_judged() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bundle = ustad_core::bundle::Bundle::load(&root.join("models/bundles/mtd-edge-fast"))
-        .expect("shipped bundle");
+    let bundle =
+        ustad_core::bundle::Bundle::load(&common::repo_path("models/bundles/mtd-edge-fast"))
+            .expect("shipped bundle");
     let spec = bundle.manifest.input.clone();
-    let tile = root.join("../shared/data/mtd/test/good/exp0_num_743.jpg");
+    let tile = common::shared_path("data/mtd/test/good/exp0_num_743.jpg");
     let image = image::open(&tile).expect("MTD tile");
     assert_ne!(
         (image.width() as usize, image.height() as usize),
@@ -291,11 +291,11 @@ fn the_engine_resizes_a_frame_once_and_returns_what_it_judged() {
 
 #[test]
 fn a_lone_teacher_judges_alike_on_one_thread_and_on_two() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bundle = ustad_core::bundle::Bundle::load(&root.join("models/bundles/mtd-edge-teacher"))
-        .expect("shipped bundle");
+    let bundle =
+        ustad_core::bundle::Bundle::load(&common::repo_path("models/bundles/mtd-edge-teacher"))
+            .expect("shipped bundle");
     assert!(bundle.manifest.scales[0].students.is_empty());
-    let tile = root.join("../shared/data/mtd/test/blowhole/exp1_num_108719.jpg");
+    let tile = common::shared_path("data/mtd/test/blowhole/exp1_num_108719.jpg");
     let image = image::open(&tile).expect("MTD tile");
     let judge = |threads: usize| {
         let options = EngineOptions {

@@ -2,7 +2,7 @@
 //! files. The metrics themselves are tested in `src/eval/metrics.rs`; here the point is that the
 //! report is complete and consistent with its own per-image scores.
 
-mod common;
+use ustad_core::testing as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -235,7 +235,7 @@ fn report_is_complete_and_consistent_on_a_synthetic_dataset() {
 fn report_on_a_subset_of_mtd() {
     let data = std::env::var_os("USTAD_MTD")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mtd"));
+        .unwrap_or_else(|| common::shared_path("data/mtd"));
     if !data.join("test/good").is_dir() {
         eprintln!("skipped: no MTD at {}", data.display());
         return;
@@ -340,7 +340,7 @@ fn cli_writes_the_report_and_names_a_missing_mask() {
 fn score_uses_the_daemons_decoder_and_keeps_every_heatmap() {
     let dir = tempfile::tempdir().unwrap();
     let inputs = dir.path().join("in");
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mtd/test");
+    let data = common::shared_path("data/mtd/test");
     for category in ["crack", "good"] {
         let first = ustad_core::images::images_in(&data.join(category)).unwrap()[0].clone();
         std::fs::create_dir_all(inputs.join(category)).unwrap();
@@ -351,7 +351,7 @@ fn score_uses_the_daemons_decoder_and_keeps_every_heatmap() {
     let maps = dir.path().join("maps");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ustad"))
         .args(["score", "--bundle"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/bundles/mtd-edge"))
+        .arg(common::repo_path("models/bundles/mtd-edge"))
         .arg("--heatmaps")
         .arg(&maps)
         .arg(&inputs)

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +14,10 @@ use ustad::config::Config;
 use ustad::daemon::http::HttpServer;
 use ustad::daemon::metrics::Metrics;
 use ustad_core::bundle::Bundle;
+use ustad_core::images::images_in;
 
 fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    ustad_core::testing::repo_path(rel)
 }
 
 /// An edit of a text or byte string: what a typo, a bad copy or an attacker does to it.
@@ -101,22 +102,16 @@ fn apply(mut data: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
 
 fn mtd_image(ext: &str) -> Vec<u8> {
     let dir = repo("../shared/data/mtd/test/good");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("MTD test split")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext)))
-        .collect();
-    files.sort();
-    match files.first() {
+    let files = images_in(&dir).expect("MTD test split");
+    match files
+        .iter()
+        .find(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext)))
+    {
         Some(f) => std::fs::read(f).expect("read MTD image"),
         // MTD ships one format; make the other from it.
         None => {
-            let any = std::fs::read_dir(&dir)
-                .expect("MTD test split")
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .min()
-                .expect("an image");
-            let img = image::open(&any).expect("decode MTD image");
+            let any = files.first().expect("an image");
+            let img = image::open(any).expect("decode MTD image");
             let mut out = std::io::Cursor::new(Vec::new());
             let format = if ext == "png" {
                 image::ImageFormat::Png

@@ -1,6 +1,6 @@
 //! int8 export: the QOperator graph against the f32 graph, both run by tract.
 
-mod common;
+use ustad_core::testing as common;
 
 use std::time::Instant;
 

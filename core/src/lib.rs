@@ -11,7 +11,8 @@
 //! - [`engine`]: a bundle loaded into tract, judging frame after frame.
 //!
 //! Beside them, two helpers both sides use: [`images`] (one walker for image folders and the
-//! MVTec AD layout) and [`plot`] (curves as PNG with no font or plotting stack).
+//! MVTec AD layout) and [`plot`] (curves as PNG with no font or plotting stack). The tests of
+//! every crate share one set of fixtures, `testing` (feature `testing`).
 
 pub mod bundle;
 pub mod engine;
@@ -19,3 +20,5 @@ pub mod images;
 pub mod judge;
 pub mod networks;
 pub mod plot;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

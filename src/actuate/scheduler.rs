@@ -204,6 +204,23 @@ impl<P: OutputPin, C: Clock> RejectScheduler<P, C> {
         self.decide(part, captured, verdict)
     }
 
+    /// Takes a part that could not be judged (no usable frame, an engine error, an overrun):
+    /// the fail-safe policy, held here and nowhere else, gives its verdict, which is returned
+    /// with what was done. An armed part already expired keeps the verdict applied then.
+    pub fn submit_unjudged(
+        &mut self,
+        part: u64,
+        captured: Timestamp,
+    ) -> Result<(Verdict, Scheduled), ActuateError> {
+        let failsafe = self.policy.verdict();
+        let scheduled = self.submit(part, captured, failsafe)?;
+        let verdict = match scheduled {
+            Scheduled::Expired { verdict, .. } => verdict,
+            _ => failsafe,
+        };
+        Ok((verdict, scheduled))
+    }
+
     /// Registers a part whose verdict is on its way: if none has come by `deadline`, the
     /// fail-safe policy is applied to it then (at once if `deadline` has passed). Call it when
     /// the part is captured, before its frame is queued for judging.

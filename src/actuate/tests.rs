@@ -332,6 +332,67 @@ fn unjudged_parts_are_rejected_by_default_policy() {
     assert_eq!((stats.rejects, stats.failsafe_rejects), (1, 1));
 }
 
+/// The policy lives in the scheduler alone: an unjudged part gets the one in force there, a
+/// reconfigure changes it for the next part.
+#[test]
+fn an_unjudged_part_gets_the_schedulers_policy_also_after_a_reconfigure() {
+    let mut r = rig(
+        &[T::set(State::High), T::set(State::Low), T::set(State::Low)],
+        FailSafePolicy::Reject,
+    );
+    r.clock.set(ms(1200));
+    let (verdict, _) = r.sched.submit_unjudged(0, ms(1000)).expect("submit");
+    assert_eq!(verdict, Verdict::FailsafeReject);
+    let timing = PulseTiming {
+        delay: DELAY,
+        pulse: PULSE,
+    };
+    r.sched
+        .reconfigure(timing, FailSafePolicy::Pass)
+        .expect("reconfigure");
+    assert_eq!(
+        r.sched.submit_unjudged(1, ms(1100)).expect("submit"),
+        (Verdict::FailsafePass, Scheduled::Pass)
+    );
+    let (stats, pulses) = r.finish();
+    assert_eq!(pulses, [pulse(1300, 1350)]);
+    assert_eq!((stats.failsafe_rejects, stats.failsafe_passes), (1, 1));
+}
+
+/// An armed part whose deadline passed keeps the fail-safe applied then, whatever the policy
+/// says when its failure is reported.
+#[test]
+fn an_unjudged_part_already_expired_keeps_the_verdict_applied_at_its_deadline() {
+    let mut r = rig(
+        &[T::set(State::High), T::set(State::Low), T::set(State::Low)],
+        FailSafePolicy::Reject,
+    );
+    r.sched.arm(0, ms(1000), ms(1100)).expect("arm");
+    r.run_until(ms(1150));
+    let timing = PulseTiming {
+        delay: DELAY,
+        pulse: PULSE,
+    };
+    r.sched
+        .reconfigure(timing, FailSafePolicy::Pass)
+        .expect("reconfigure");
+    let (verdict, scheduled) = r.sched.submit_unjudged(0, ms(1000)).expect("submit");
+    assert_eq!(verdict, Verdict::FailsafeReject);
+    assert!(
+        matches!(
+            scheduled,
+            Scheduled::Expired {
+                verdict: Verdict::FailsafeReject,
+                ..
+            }
+        ),
+        "{scheduled:?}"
+    );
+    let (stats, pulses) = r.finish();
+    assert_eq!(pulses, [pulse(1300, 1350)]);
+    assert_eq!((stats.expired, stats.failsafe_rejects), (1, 1));
+}
+
 #[test]
 fn unjudged_parts_pass_under_pass_policy() {
     let mut r = rig(&[T::set(State::Low)], FailSafePolicy::Pass);

@@ -15,8 +15,9 @@ enum Command {
     Submit {
         part: u64,
         captured: Timestamp,
-        verdict: Verdict,
-        reply: mpsc::SyncSender<Result<Scheduled, ActuateError>>,
+        /// `None`: the part could not be judged, the scheduler's fail-safe policy decides.
+        verdict: Option<Verdict>,
+        reply: mpsc::SyncSender<Result<(Verdict, Scheduled), ActuateError>>,
     },
     Arm {
         part: u64,
@@ -138,7 +139,12 @@ impl RejectWorker {
                             verdict,
                             reply,
                         }) => {
-                            let result = scheduler.submit(part, captured, verdict);
+                            let result = match verdict {
+                                Some(verdict) => scheduler
+                                    .submit(part, captured, verdict)
+                                    .map(|scheduled| (verdict, scheduled)),
+                                None => scheduler.submit_unjudged(part, captured),
+                            };
                             if let Err(e) = &result {
                                 log::error!("part {part}: {e}");
                             }
@@ -191,6 +197,26 @@ impl RejectWorker {
         captured: Timestamp,
         verdict: Verdict,
     ) -> Result<Scheduled, ActuateError> {
+        self.send_verdict(part, captured, Some(verdict))
+            .map(|(_, scheduled)| scheduled)
+    }
+
+    /// Hands over a part that could not be judged: the scheduler applies its fail-safe policy
+    /// and says which verdict that gave (see [`RejectScheduler::submit_unjudged`]).
+    pub fn submit_unjudged(
+        &self,
+        part: u64,
+        captured: Timestamp,
+    ) -> Result<(Verdict, Scheduled), ActuateError> {
+        self.send_verdict(part, captured, None)
+    }
+
+    fn send_verdict(
+        &self,
+        part: u64,
+        captured: Timestamp,
+        verdict: Option<Verdict>,
+    ) -> Result<(Verdict, Scheduled), ActuateError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.tx
             .send(Command::Submit {

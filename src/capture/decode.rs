@@ -517,10 +517,10 @@ pub fn yuyv_to_rgb(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
 
     fn mtd_jpeg() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mtd/test/good/exp0_num_743.jpg")
+        ustad_core::testing::shared_path("data/mtd/test/good/exp0_num_743.jpg")
     }
 
     /// Removes every DHT segment before the scan, as an abbreviated MJPEG frame would have it.

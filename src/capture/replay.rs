@@ -362,8 +362,7 @@ mod tests {
 
     #[test]
     fn truncated_mtd_jpeg_is_refused() {
-        let sample = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data/mtd/test/good/exp0_num_743.jpg");
+        let sample = ustad_core::testing::shared_path("data/mtd/test/good/exp0_num_743.jpg");
         let data = std::fs::read(sample).expect("MTD sample");
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("cut.jpg"), &data[..data.len() * 3 / 4]).expect("write");
@@ -389,7 +388,7 @@ mod tests {
 
     #[test]
     fn plays_the_mtd_test_split() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mtd/test");
+        let root = ustad_core::testing::shared_path("data/mtd/test");
         let cfg = ReplayConfig {
             path: root.clone(),
             fps: None,

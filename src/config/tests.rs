@@ -1,10 +1,10 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::load::location;
 use super::*;
 
 fn repo_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    ustad_core::testing::repo_path(rel)
 }
 
 const MINIMAL: &str = r#"

@@ -20,6 +20,7 @@ use image::RgbImage;
 use serde::Serialize;
 
 use crate::config::ArchiveConfig;
+use ustad_core::judge::decide::Verdict;
 use ustad_core::judge::heatmap;
 
 /// Smallest rotation size of the JSON-lines files, so a tiny budget does not mean one file
@@ -102,8 +103,9 @@ pub struct PartRecord {
     pub captured_s: f64,
     /// Wall-clock time of the decision, milliseconds since the Unix epoch.
     pub decided_unix_ms: u64,
-    /// `pass`, `reject`, `failsafe_reject` or `failsafe_pass`.
-    pub verdict: String,
+    /// What happened to the part; written as `pass`, `reject`, `failsafe_reject` or
+    /// `failsafe_pass`.
+    pub verdict: Verdict,
     /// Image score, when judged.
     pub score: Option<f32>,
     /// Threshold in force.
@@ -429,7 +431,7 @@ mod tests {
             origin: format!("/data/part {part}.jpg"),
             captured_s: part as f64,
             decided_unix_ms: 0,
-            verdict: "reject".into(),
+            verdict: Verdict::Reject,
             score: Some(2.0),
             threshold: 1.0,
             reason: None,
@@ -533,10 +535,10 @@ mod tests {
         let mut a = Archive::open(&cfg).expect("open");
         // Noise images compress badly: each overlay is tens of KB.
         let mut src = overlay();
-        let mut state = 1u32;
+        let mut rng = ustad_core::testing::SplitMix64(1);
         src.image = Arc::new(RgbImage::from_fn(128, 128, |_, _| {
-            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            image::Rgb([(state >> 24) as u8, (state >> 16) as u8, (state >> 8) as u8])
+            let [r, g, b, ..] = rng.next_u64().to_le_bytes();
+            image::Rgb([r, g, b])
         }));
         let mut failed = 0;
         for part in 0..108 {

@@ -15,6 +15,7 @@ use image::RgbImage;
 use serde::Serialize;
 
 use crate::actuate::{ActuatorStats, StatsHandle};
+use crate::percentile::{median, percentile};
 use ustad_core::judge::decide::Verdict;
 
 /// Upper bounds (seconds) of the latency histogram buckets: from well under a frame period to
@@ -121,15 +122,11 @@ impl LatencySummary {
             return LatencySummary::default();
         }
         let mut s = samples.to_vec();
-        s.sort_by(f64::total_cmp);
-        let rank = |q: f64| {
-            let i = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
-            s[i] * 1e3
-        };
+        let median_ms = median(&mut s) * 1e3;
         LatencySummary {
             count: s.len(),
-            median_ms: rank(0.5),
-            p99_ms: rank(0.99),
+            median_ms,
+            p99_ms: percentile(&s, 0.99) * 1e3,
             max_ms: s[s.len() - 1] * 1e3,
         }
     }

@@ -52,8 +52,8 @@ use self::metrics::{Metrics, Snapshot};
 use self::notify::{Notification, Notifier, SystemdNotifier, WatchdogPacer};
 use self::pairing::TriggerPairer;
 use self::pipeline::{
-    ArchiveMsg, CaptureEnd, CaptureStage, InferenceStage, Job, Live, PartMode, Verdicts,
-    effective_threshold,
+    ArchiveMsg, CaptureEnd, CaptureStage, EngineUpdate, InferenceStage, Job, Live, PartMode,
+    Verdicts, effective_threshold,
 };
 
 /// Why the daemon could not start or stopped with an error.
@@ -214,7 +214,7 @@ struct Shared {
     /// The configuration in force (restart-only parts keep their running values).
     running: Mutex<Config>,
     live: Arc<Mutex<Live>>,
-    engines: Sender<Engine>,
+    updates: Sender<EngineUpdate>,
     archive: Mutex<Option<Sender<ArchiveMsg>>>,
     worker: Mutex<Option<Arc<RejectWorker>>>,
     metrics: Arc<Metrics>,
@@ -353,12 +353,14 @@ fn open_trigger(trigger: &TriggerConfig) -> Result<Option<Box<dyn Trigger>>, Dae
     }
 }
 
-fn live_of(config: &Config) -> Live {
+/// What the pipeline reads per part, from a config and the running bundle's calibrated
+/// threshold: the threshold in force is worked out here, once.
+fn live_of(config: &Config, calibrated_threshold: f32) -> Live {
     Live {
         roi: config.roi,
-        model: config.model.clone(),
+        calibrated_threshold,
+        threshold: effective_threshold(calibrated_threshold, &config.model),
         budget: config.failsafe.frame_budget,
-        policy: config.failsafe.policy,
     }
 }
 
@@ -380,10 +382,12 @@ impl Daemon {
         mut options: DaemonOptions,
     ) -> Result<Self, DaemonError> {
         let clock = Arc::clone(&options.clock);
-        let engine = load_engine(&config.model, options.engine_threads)
+        let mut engine = load_engine(&config.model, options.engine_threads)
             .map_err(|(path, source)| DaemonError::Engine { path, source })?;
         let bundle_threshold = engine.bundle().manifest.decision.threshold;
-        let threshold = effective_threshold(bundle_threshold, &config.model);
+        let live = live_of(&config, bundle_threshold);
+        let threshold = live.threshold;
+        engine.set_threshold(threshold);
         log::info!(
             "bundle {} loaded ({}): threshold {threshold:.4} (calibrated {bundle_threshold:.4}, sensitivity {})",
             config.model.bundle.display(),
@@ -416,10 +420,10 @@ impl Daemon {
         };
 
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(options.queue_capacity.max(1));
-        let (engines_tx, engines_rx) = crossbeam_channel::unbounded::<Engine>();
+        let (updates_tx, updates_rx) = crossbeam_channel::unbounded::<EngineUpdate>();
         let (archive_tx, archive_rx) = crossbeam_channel::bounded::<ArchiveMsg>(64);
         let stop = Arc::new(AtomicBool::new(false));
-        let live = Arc::new(Mutex::new(live_of(&config)));
+        let live = Arc::new(Mutex::new(live));
 
         let archive_thread = {
             let cfg = config.archive.clone();
@@ -438,7 +442,7 @@ impl Daemon {
         };
         let inference = InferenceStage {
             engine,
-            engines: engines_rx,
+            updates: updates_rx,
             jobs: jobs_rx,
             live: Arc::clone(&live),
             verdicts: verdicts.clone(),
@@ -487,7 +491,7 @@ impl Daemon {
             config_path: config_path.to_path_buf(),
             running: Mutex::new(config),
             live,
-            engines: engines_tx,
+            updates: updates_tx,
             archive: Mutex::new(Some(archive_tx)),
             worker: Mutex::new(Some(worker)),
             metrics,
@@ -687,17 +691,37 @@ impl DaemonHandle {
             new.http = old.http;
         }
 
-        if let Some(engine) = engine {
+        let old_live = self
+            .shared
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let calibrated = engine.as_ref().map_or(old_live.calibrated_threshold, |e| {
+            e.bundle().manifest.decision.threshold
+        });
+        let live = live_of(&new, calibrated);
+        // The inference thread picks the update up before its next part.
+        if let Some(mut engine) = engine {
+            engine.set_threshold(live.threshold);
             self.shared
                 .metrics
                 .set_identity(self.source_name(), new.model.bundle.display().to_string());
-            // The inference thread picks it up before its next part.
-            let _ = self.shared.engines.send(engine);
+            let _ = self
+                .shared
+                .updates
+                .send(EngineUpdate::Engine(Box::new(engine)));
             report.applied.push("model.bundle".into());
             if new.model.precision != old.model.precision {
                 report.applied.push("model.precision".into());
             }
+        } else if live.threshold != old_live.threshold {
+            let _ = self
+                .shared
+                .updates
+                .send(EngineUpdate::Threshold(live.threshold));
         }
+        self.shared.metrics.set_threshold(live.threshold);
         if new.model.threshold != old.model.threshold {
             report.applied.push("model.threshold".into());
         }
@@ -714,7 +738,7 @@ impl DaemonHandle {
             .shared
             .live
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = live_of(&new);
+            .unwrap_or_else(PoisonError::into_inner) = live;
 
         if new.reject.delay != old.reject.delay
             || new.reject.pulse != old.reject.pulse

@@ -61,12 +61,24 @@ const MAX_GAP: u64 = 1000;
 pub struct Live {
     /// Region of interest in camera pixels.
     pub roi: Option<Roi>,
-    /// Threshold override and sensitivity (the bundle itself is swapped separately).
-    pub model: ModelConfig,
+    /// The running bundle's calibrated threshold, kept so that a reload that changes only the
+    /// override or the sensitivity can work out the new threshold from it.
+    pub calibrated_threshold: f32,
+    /// The threshold in force ([`effective_threshold`]), worked out once per start or reload
+    /// and handed to the engine then; every part is judged and recorded with it.
+    pub threshold: f32,
     /// Capture → verdict budget.
     pub budget: Duration,
-    /// What unjudged parts get.
-    pub policy: FailSafePolicy,
+}
+
+/// What a start or a reload hands the inference thread, applied before its next part. The
+/// engine decides with the threshold it is given here and is never adjusted per frame.
+#[derive(Debug)]
+pub enum EngineUpdate {
+    /// A new bundle or precision, its threshold already set.
+    Engine(Box<Engine>),
+    /// The same bundle with another threshold in force (override or sensitivity changed).
+    Threshold(f32),
 }
 
 /// The threshold in force: the bundle's calibrated one (or the configured override), divided
@@ -91,7 +103,7 @@ pub(crate) enum Job {
         captured: Timestamp,
         frame: Frame,
     },
-    /// The part cannot be judged; apply the fail-safe policy.
+    /// The part cannot be judged; the scheduler applies the fail-safe policy.
     Failed(FailedPart),
 }
 
@@ -311,8 +323,7 @@ impl CaptureStage {
                     .unwrap_or_else(PoisonError::into_inner)
                     .clone();
                 let failed = job.into_failed(FailReason::Overrun, detail);
-                let outcome =
-                    failed.outcome(self.verdicts.clock.now(), self.verdicts.metrics.threshold());
+                let outcome = failed.outcome(self.verdicts.clock.now(), live.threshold);
                 self.verdicts.finish(outcome, &live);
                 true
             }
@@ -483,7 +494,7 @@ struct Outcome {
 /// The inference thread's state.
 pub(crate) struct InferenceStage {
     pub engine: Engine,
-    pub engines: Receiver<Engine>,
+    pub updates: Receiver<EngineUpdate>,
     pub jobs: Receiver<Job>,
     pub live: Arc<Mutex<Live>>,
     pub verdicts: Verdicts,
@@ -494,21 +505,14 @@ impl InferenceStage {
     pub fn run(mut self) {
         while let Ok(job) = self.jobs.recv() {
             self.verdicts.metrics.set_queue_depth(self.jobs.len());
-            while let Ok(engine) = self.engines.try_recv() {
-                log::info!("now judging with bundle {}", engine.bundle().dir.display());
-                self.engine = engine;
-            }
+            self.apply_updates();
             let live = self
                 .live
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
-            let threshold = effective_threshold(
-                self.engine.bundle().manifest.decision.threshold,
-                &live.model,
-            );
-            self.engine.set_threshold(threshold);
-            self.verdicts.metrics.set_threshold(threshold);
+            // The threshold the engine decides with, recorded with the part.
+            let threshold = self.engine.threshold();
             let outcome = match job {
                 Job::Frame {
                     part,
@@ -518,6 +522,19 @@ impl InferenceStage {
                 Job::Failed(failed) => failed.outcome(self.verdicts.clock.now(), threshold),
             };
             self.verdicts.finish(outcome, &live);
+        }
+    }
+
+    /// Takes what reloads sent since the last part: a new engine, or a new threshold.
+    fn apply_updates(&mut self) {
+        while let Ok(update) = self.updates.try_recv() {
+            match update {
+                EngineUpdate::Engine(engine) => {
+                    log::info!("now judging with bundle {}", engine.bundle().dir.display());
+                    self.engine = *engine;
+                }
+                EngineUpdate::Threshold(threshold) => self.engine.set_threshold(threshold),
+            }
         }
     }
 
@@ -623,12 +640,21 @@ pub(crate) struct Verdicts {
 impl Verdicts {
     /// The one place a part gets its verdict: actuator, metrics, archive, log.
     fn finish(&self, mut o: Outcome, live: &Live) {
-        let mut verdict = match &o.result {
-            Ok(judged) => *judged,
-            Err(_) => live.policy.verdict(),
-        };
         let mut commanded = self.clock.now();
-        match self.worker.submit(o.part, o.captured, verdict) {
+        let submitted = match &o.result {
+            Ok(judged) => self
+                .worker
+                .submit(o.part, o.captured, *judged)
+                .map(|scheduled| (*judged, scheduled)),
+            // The scheduler holds the fail-safe policy: it gives the verdict.
+            Err(_) => self.worker.submit_unjudged(o.part, o.captured),
+        };
+        let mut verdict = match (&submitted, &o.result) {
+            (Ok((verdict, _)), _) | (Err(_), Ok(verdict)) => *verdict,
+            // No actuator (it stopped): recorded as the default policy would have it.
+            (Err(_), Err(_)) => FailSafePolicy::default().verdict(),
+        };
+        match submitted.map(|(_, scheduled)| scheduled) {
             Err(e) => log::error!("part {} ({}): actuator unavailable: {e}", o.part, o.origin),
             Ok(Scheduled::Expired {
                 decided,
@@ -710,7 +736,7 @@ impl Verdicts {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0),
-                verdict: verdict.as_str().to_string(),
+                verdict,
                 score: o.score.filter(|s| s.is_finite()),
                 threshold: o.threshold,
                 reason: reason.map(|r| r.as_str().to_string()),

@@ -116,8 +116,14 @@ pub fn check_config(path: &Path) -> Result<String, ConfigError> {
         .map_err(|e| unusable("model.bundle", e.to_string()))?;
     let _ = writeln!(
         out,
-        "  bundle:   {} (threshold {:.4}, sensitivity {})",
+        "  bundle:   {} (threshold {:.4}: {} {:.4} / sensitivity {})",
         config.model.bundle.display(),
+        super::pipeline::effective_threshold(bundle.manifest.decision.threshold, &config.model),
+        if config.model.threshold.is_some() {
+            "override"
+        } else {
+            "calibrated"
+        },
         config
             .model
             .threshold

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use ustad_core::bundle::Bundle;
 use ustad_core::engine::{Engine, EngineOptions};
-use ustad_core::judge::decide::Decision;
+use ustad_core::judge::decide::{Decision, Verdict};
 use ustad_core::judge::score::{Calibration, RunningStats};
 use ustad_core::judge::threshold::{ThresholdChoice, threshold_from_good};
 
@@ -23,6 +23,42 @@ pub struct RecalibrationReport {
     pub bad_scores: Vec<f32>,
     pub escapes: usize,
     pub statistics_recomputed: bool,
+}
+
+/// The calibration recipe's first step, shared by `fit` and `calibrate`: the error and
+/// variance statistics of each scale's maps over good parts, as the bundle's own engine
+/// computes them. The second step, the threshold, is `threshold_from_good` on the scores of
+/// the calibrated engine.
+pub(crate) struct MapStatistics {
+    error: Vec<RunningStats>,
+    variance: Vec<RunningStats>,
+}
+
+impl MapStatistics {
+    pub(crate) fn new(scales: usize) -> Self {
+        MapStatistics {
+            error: vec![RunningStats::default(); scales],
+            variance: vec![RunningStats::default(); scales],
+        }
+    }
+
+    /// Adds the maps of the frame the engine judged last.
+    pub(crate) fn add(&mut self, engine: &Engine) {
+        for (i, maps) in engine.scale_maps().iter().enumerate() {
+            self.error[i].extend(maps.error);
+            self.variance[i].extend(maps.variance);
+        }
+    }
+
+    /// Each scale's calibration, with the variance weight `variance_weight(scale)`.
+    pub(crate) fn calibrations(&self, variance_weight: impl Fn(usize) -> f32) -> Vec<Calibration> {
+        self.error
+            .iter()
+            .zip(&self.variance)
+            .enumerate()
+            .map(|(i, (e, v))| Calibration::from_statistics(e, v, variance_weight(i)))
+            .collect()
+    }
 }
 
 fn scores(engine: &mut Engine, files: &[PathBuf]) -> Result<Vec<f32>> {
@@ -89,23 +125,17 @@ pub fn recalibrate(options: &RecalibrateOptions) -> Result<RecalibrationReport> 
     }
     if recompute_statistics {
         let mut engine = Engine::load(bundle.clone(), EngineOptions::default())?;
-        let n = bundle.manifest.scales.len();
-        let (mut e, mut v) = (
-            vec![RunningStats::default(); n],
-            vec![RunningStats::default(); n],
-        );
+        let mut statistics = MapStatistics::new(bundle.manifest.scales.len());
         for f in &good_files {
             let image =
                 image::open(f).with_context(|| format!("{}: unreadable image", f.display()))?;
             engine.analyze(&image)?;
-            for (i, maps) in engine.scale_maps().iter().enumerate() {
-                e[i].extend(maps.error);
-                v[i].extend(maps.variance);
-            }
+            statistics.add(&engine);
         }
-        for (scale, (e, v)) in bundle.manifest.scales.iter_mut().zip(e.iter().zip(&v)) {
-            scale.calibration =
-                Calibration::from_statistics(e, v, scale.calibration.variance_weight);
+        let scales = &mut bundle.manifest.scales;
+        let calibrations = statistics.calibrations(|i| scales[i].calibration.variance_weight);
+        for (scale, calibration) in scales.iter_mut().zip(calibrations) {
+            scale.calibration = calibration;
         }
     }
     let mut engine = Engine::load(bundle.clone(), EngineOptions::default())?;
@@ -115,7 +145,10 @@ pub fn recalibrate(options: &RecalibrateOptions) -> Result<RecalibrationReport> 
         Some(dir) => scores(&mut engine, &ustad_core::images::images_in(dir)?)?,
         None => Vec::new(),
     };
-    let escapes = bad_scores.iter().filter(|&&s| s < choice.threshold).count();
+    let escapes = bad_scores
+        .iter()
+        .filter(|&&s| !Verdict::from_score(s, choice.threshold).rejects())
+        .count();
     bundle.manifest.decision = Decision {
         threshold: choice.threshold,
         rule: format!("{} (recalibrated on {})", choice.describe(), good.display()),

@@ -122,15 +122,10 @@ fn covariance(maps: &[Vec<f32>], channels: usize) -> Vec<f64> {
 mod tests {
     use super::*;
 
-    /// Seeded uniform noise in [−0.5, 0.5) (a 64-bit LCG's high bits).
+    /// Seeded uniform noise in [−0.5, 0.5).
     fn uniform_noise(seed: u64) -> impl FnMut() -> f32 {
-        let mut state = seed;
-        move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as f64 / (1u64 << 31) as f64 - 0.5) as f32
-        }
+        let mut rng = ustad_core::testing::SplitMix64(seed);
+        move || rng.next_f32() - 0.5
     }
 
     /// The variances of a `channels × channels` covariance, with their smallest and largest.

@@ -4,7 +4,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{shared, tiny_corpus};
+use common::tiny_corpus;
+use ustad_core::testing::shared_path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
@@ -19,7 +20,7 @@ use ustad_train::teacher::targets::{Grid, dense_target};
 use ustad_train::teacher::{Distillation, TeacherOptions, train_teacher};
 
 fn backbone_onnx() -> PathBuf {
-    shared().join("models/efficientnet_lite0_imagenet.onnx")
+    shared_path("models/efficientnet_lite0_imagenet.onnx")
 }
 
 fn backbone_config() -> BackboneConfig {
@@ -27,7 +28,7 @@ fn backbone_config() -> BackboneConfig {
 }
 
 fn photos(count: usize) -> Vec<RgbImage> {
-    let mut files = ustad_core::images::images_in(&shared().join("data/imagenet-sample")).unwrap();
+    let mut files = ustad_core::images::images_in(&shared_path("data/imagenet-sample")).unwrap();
     files.truncate(count);
     files
         .iter()

@@ -5,9 +5,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::shared;
 use image::{DynamicImage, RgbImage};
 use tract_onnx::prelude::*;
+use ustad_core::testing::shared_path;
 
 use ustad_core::bundle::Bundle;
 use ustad_core::bundle::onnx::{FeatureTap, FeatureTeacher, FeatureTeacherError, save_model};
@@ -17,7 +17,7 @@ use ustad_train::backbone::{BackboneConfig, FeatureBackbone};
 use ustad_train::teacher::targets::{Grid, dense_target};
 
 fn backbone_onnx() -> PathBuf {
-    shared().join("models/efficientnet_lite0_imagenet.onnx")
+    shared_path("models/efficientnet_lite0_imagenet.onnx")
 }
 
 fn tap() -> FeatureTap {
@@ -33,7 +33,7 @@ fn tap() -> FeatureTap {
 }
 
 fn mtd_tile(side: u32) -> RgbImage {
-    let files = ustad_core::images::images_in(&shared().join("data/mtd/train/good")).unwrap();
+    let files = ustad_core::images::images_in(&shared_path("data/mtd/train/good")).unwrap();
     let image = image::open(&files[0]).unwrap().to_rgb8();
     image::imageops::resize(&image, side, side, image::imageops::FilterType::Triangle)
 }
@@ -135,7 +135,7 @@ fn tiny_backbone_fit(
 
     let good = dir.join("data/train/good");
     std::fs::create_dir_all(&good).unwrap();
-    let mut files = ustad_core::images::images_in(&shared().join("data/mtd/train/good")).unwrap();
+    let mut files = ustad_core::images::images_in(&shared_path("data/mtd/train/good")).unwrap();
     files.truncate(8);
     for f in &files {
         std::fs::copy(f, good.join(f.file_name().unwrap())).unwrap();

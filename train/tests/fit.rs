@@ -10,7 +10,7 @@ use ustad_core::networks::weights::NetworkWeights;
 use ustad_train::fit::{FitOptions, Preset, Schedule, channel_statistics, fit};
 
 fn mtd() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mtd")
+    ustad_core::testing::shared_path("data/mtd")
 }
 
 /// `count` real good images (their sizes differ: the fit resizes them) in MVTec layout.

@@ -4,7 +4,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{shared, tiny_corpus};
+use common::tiny_corpus;
+use ustad_core::testing::shared_path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use ustad_core::networks::weights::NetworkWeights;
@@ -23,7 +24,7 @@ fn tiny_options(dir: &Path, images: PathBuf, iterations: usize) -> TeacherOption
         progress: false,
         ..TeacherOptions::paper(
             17,
-            shared().join("models/efficientnet_lite0_imagenet.onnx"),
+            shared_path("models/efficientnet_lite0_imagenet.onnx"),
             images,
             dir.join("teacher.ustw"),
         )
@@ -149,10 +150,9 @@ fn bad_backbone_and_empty_corpus_are_clear_errors() {
     std::fs::write(&bogus, b"this is not onnx").unwrap();
     let options = TeacherOptions {
         backbone: bogus.clone(),
-        backbone_config: Some(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../models/backbones/efficientnet_lite0_imagenet.toml"),
-        ),
+        backbone_config: Some(ustad_core::testing::repo_path(
+            "models/backbones/efficientnet_lite0_imagenet.toml",
+        )),
         ..tiny_options(dir.path(), images, 1)
     };
     let err = format!("{:#}", train_teacher(&options, &device).unwrap_err());

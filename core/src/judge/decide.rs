@@ -91,6 +91,14 @@ impl Verdict {
     }
 }
 
+/// A verdict equals its label (`Verdict::FailsafeReject == "failsafe_reject"`), as in an archive
+/// record or a metrics line.
+impl PartialEq<&str> for Verdict {
+    fn eq(&self, label: &&str) -> bool {
+        self.as_str() == *label
+    }
+}
+
 impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -318,11 +318,12 @@ impl NetworkWeights {
 }
 
 /// A tiny deterministic generator, so random weights need no dependency and are identical on
-/// every platform.
-pub(crate) struct SplitMix64(pub u64);
+/// every platform. Also the one generator of random test inputs in every crate (re-exported by
+/// `ustad_core::testing`).
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -331,7 +332,7 @@ impl SplitMix64 {
     }
 
     /// Uniform in [0, 1).
-    pub(crate) fn next_f32(&mut self) -> f32 {
+    pub fn next_f32(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 }

@@ -10,6 +10,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::preset::Preset;
 use super::split::Splits;
 use super::{FitOptions, FitTeacher, FittedScale, bar, run_network};
+use crate::calibrate::MapStatistics;
 use crate::net::PatchNet;
 use ustad_core::bundle::onnx::{
     ChannelNorm, ScaleExport, Whitening, save_model, student_graph, teacher_graph, write_bundle,
@@ -18,7 +19,7 @@ use ustad_core::bundle::{Bundle, Provenance};
 use ustad_core::engine::{Engine, EngineOptions};
 use ustad_core::judge::decide::Decision;
 use ustad_core::judge::preprocess::InputSpec;
-use ustad_core::judge::score::{Calibration, RunningStats};
+use ustad_core::judge::score::Calibration;
 use ustad_core::judge::threshold::{ThresholdChoice, threshold_from_good};
 use ustad_core::networks::arch::{DESCRIPTOR_DIM, Mode};
 use ustad_core::networks::weights::NetworkWeights;
@@ -175,8 +176,7 @@ pub(super) fn calibrate(
         )
     };
     let mut engine = Engine::load(export(&identity)?, EngineOptions::default())?;
-    let mut e_stats = vec![RunningStats::default(); preset.scales.len()];
-    let mut v_stats = vec![RunningStats::default(); preset.scales.len()];
+    let mut statistics = MapStatistics::new(preset.scales.len());
     let calibrating = bar(
         validation.len() * 2,
         options.progress,
@@ -184,17 +184,10 @@ pub(super) fn calibrate(
     );
     for input in validation {
         engine.analyze_input(input)?;
-        for (i, maps) in engine.scale_maps().iter().enumerate() {
-            e_stats[i].extend(maps.error);
-            v_stats[i].extend(maps.variance);
-        }
+        statistics.add(&engine);
         calibrating.inc(1);
     }
-    let calibrations: Vec<Calibration> = e_stats
-        .iter()
-        .zip(&v_stats)
-        .map(|(e, v)| Calibration::from_statistics(e, v, preset.variance_weight))
-        .collect();
+    let calibrations = statistics.calibrations(|_| preset.variance_weight);
     let mut engine = Engine::load(export(&calibrations)?, EngineOptions::default())?;
     let mut scores = Vec::with_capacity(validation.len());
     for input in validation {

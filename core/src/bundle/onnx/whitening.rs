@@ -118,11 +118,9 @@ mod tests {
 
     fn mixing(seed: u32) -> Whitening {
         let n = DESCRIPTOR_DIM;
+        let mut rng = crate::networks::weights::SplitMix64(seed.into());
         let matrix = (0..n * n)
-            .map(|k| {
-                let x = (k as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8;
-                (x % 1000) as f32 / 1000.0 - 0.5 + if k % (n + 1) == 0 { 2.0 } else { 0.0 }
-            })
+            .map(|k| rng.next_f32() - 0.5 + if k % (n + 1) == 0 { 2.0 } else { 0.0 })
             .collect();
         Whitening {
             matrix,

@@ -1,17 +1,45 @@
-//! Helpers shared by the integration tests: small bundles of randomly initialised networks,
-//! written through the real export path.
-#![allow(dead_code)]
+//! Test helpers both crates' tests use (feature `testing`, enabled only by their
+//! dev-dependencies): where the shared data and the repository are, small bundles of randomly
+//! initialised networks written through the real export path, and a synthetic part image.
+//!
+//! Helpers panic with a message instead of returning errors: a test that cannot build its
+//! fixture has nothing to check.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use ustad_core::bundle::onnx::{ChannelNorm, ScaleExport, TeacherExport, write_bundle};
-use ustad_core::bundle::{Bundle, Provenance};
-use ustad_core::judge::decide::{Decision, ImageScoreRule};
-use ustad_core::judge::preprocess::InputSpec;
-use ustad_core::judge::score::Calibration;
-use ustad_core::networks::arch::DESCRIPTOR_DIM;
-use ustad_core::networks::weights::NetworkWeights;
+use crate::bundle::onnx::{ChannelNorm, ScaleExport, TeacherExport, write_bundle};
+use crate::bundle::{Bundle, Provenance};
+use crate::judge::decide::{Decision, ImageScoreRule};
+use crate::judge::preprocess::InputSpec;
+use crate::judge::score::Calibration;
+use crate::networks::arch::DESCRIPTOR_DIM;
+use crate::networks::weights::NetworkWeights;
 
+/// The one generator of random test inputs: seeded, identical on every platform.
+pub use crate::networks::weights::SplitMix64;
+
+/// The repository's root (the workspace folder holding `models/`, `config/` and `core/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("core/ sits inside the repository")
+        .to_path_buf()
+}
+
+/// `../shared` beside the checkout: the datasets and models, read-only, never copied in.
+pub fn shared_dir() -> PathBuf {
+    repo_root().join("../shared")
+}
+
+/// `rel` inside the repository, e.g. `models/bundles/mtd-edge`.
+pub fn repo_path(rel: impl AsRef<Path>) -> PathBuf {
+    repo_root().join(rel)
+}
+
+/// `rel` inside the shared folder, e.g. `data/mtd/test/good/exp0_num_743.jpg`.
+pub fn shared_path(rel: impl AsRef<Path>) -> PathBuf {
+    shared_dir().join(rel)
+}
 /// Networks and statistics of a random bundle, kept so tests can recompute by hand.
 pub struct RandomScale {
     pub stride: usize,
@@ -22,9 +50,11 @@ pub struct RandomScale {
 }
 
 pub fn random_scale(patch_size: usize, stride: usize, students: usize, seed: u64) -> RandomScale {
-    let teacher = NetworkWeights::random(patch_size, seed).unwrap();
+    let teacher = NetworkWeights::random(patch_size, seed).expect("random test networks");
     let students = (0..students as u64)
-        .map(|i| NetworkWeights::random(patch_size, seed * 100 + i + 1).unwrap())
+        .map(|i| {
+            NetworkWeights::random(patch_size, seed * 100 + i + 1).expect("random test networks")
+        })
         .collect();
     let norm = ChannelNorm {
         mean: (0..DESCRIPTOR_DIM)
@@ -84,7 +114,7 @@ pub fn write_random_bundle(
         },
         provenance,
     )
-    .unwrap()
+    .expect("writing a random test bundle")
 }
 
 /// A deterministic synthetic part image: smooth gradients plus a bright blob.
