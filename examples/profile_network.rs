@@ -1,11 +1,12 @@
 //! Where tract spends a network's time, node by node: the evidence behind README's
 //! ustad / ONNX Runtime ratio (issue 13).
 //!
-//!     cargo run --release --example profile_network -- BUNDLE/p65-s8-teacher.onnx 128 128 [RUNS]
+//!     cargo run --release --example profile_network -- BUNDLE/p65-s8-teacher.onnx 128 128 [RUNS] [WORDS]
 //!
-//! Loads the graph at a fixed 1×3×H×W input exactly as the engine does (pinned shape,
-//! `into_optimized`), runs it RUNS times single-threaded and prints the slowest nodes with
-//! their share of the median frame.
+//! Loads the graph at a fixed 1×3×H×W input exactly as the engine does (pinned shape, strided
+//! depthwise convolutions channel-last, `into_optimized`), runs it RUNS times single-threaded
+//! and prints the slowest nodes with their share of the median frame. WORDS: `as-exported`
+//! skips the engine's rewrite; any other word is a tract transform applied on top.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -18,16 +19,30 @@ use ustad::percentile::median;
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [path, height, width, rest @ ..] = args.as_slice() else {
-        bail!("usage: profile_network MODEL.onnx HEIGHT WIDTH [RUNS]");
+        bail!(
+            "usage: profile_network MODEL.onnx HEIGHT WIDTH [RUNS] [as-exported | TRANSFORM ...]"
+        );
     };
     let (height, width): (usize, usize) = (height.parse()?, width.parse()?);
     let runs: usize = rest.first().map(|r| r.parse()).transpose()?.unwrap_or(20);
-    let model = tract_onnx::onnx()
+    let mut typed = tract_onnx::onnx()
         .model_for_path(path)
         .with_context(|| format!("reading {path}"))?
         .with_input_fact(0, f32::fact([1, 3, height, width]).into())?
-        .into_optimized()?
-        .into_runnable()?;
+        .into_typed()?
+        .into_decluttered()?;
+    // As the engine loads it, unless told `as-exported`; any other word names a tract transform
+    // to try on top (e.g. `conv_nhwc`).
+    let words = &rest[rest.len().min(1)..];
+    if !words.iter().any(|w| w == "as-exported") {
+        ustad_core::engine::strided_depthwise::to_channel_last(&mut typed)?;
+    }
+    for name in words.iter().filter(|w| *w != "as-exported") {
+        let transform = tract_onnx::tract_core::transform::get_transform(name)?
+            .with_context(|| format!("no tract transform {name}"))?;
+        typed = transform.transform_into(typed)?;
+    }
+    let model = typed.into_optimized()?.into_runnable()?;
     let input: TValue = Tensor::zero::<f32>(&[1, 3, height, width])?.into();
     let mut state = TypedSimpleState::new(&model)?;
     let mut per_node: BTreeMap<usize, (String, Vec<Duration>)> = BTreeMap::new();

@@ -15,6 +15,8 @@ use thiserror::Error;
 use tract_linalg::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::prelude::*;
 
+pub mod strided_depthwise;
+
 use crate::bundle::{Bundle, BundleError, Precision};
 use crate::judge::decide::{ImageScorer, Verdict};
 use crate::judge::preprocess;
@@ -78,6 +80,7 @@ impl NetworkRunner {
             .and_then(|m| m.into_typed())
             .and_then(|m| m.into_decluttered())
             .map_err(error)?;
+        strided_depthwise::to_channel_last(&mut model).map_err(error)?;
         if half {
             let transform = tract_onnx::tract_core::transform::get_transform("f32_to_f16")
                 .map_err(error)?
