@@ -204,6 +204,11 @@ impl<P: OutputPin, C: Clock> RejectScheduler<P, C> {
         self.decide(part, captured, verdict)
     }
 
+    /// The fail-safe policy applied to parts that cannot be judged.
+    pub fn policy(&self) -> FailSafePolicy {
+        self.policy
+    }
+
     /// Takes a part that could not be judged (no usable frame, an engine error, an overrun):
     /// the fail-safe policy, held here and nowhere else, gives its verdict, which is returned
     /// with what was done. An armed part already expired keeps the verdict applied then.

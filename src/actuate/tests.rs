@@ -393,6 +393,26 @@ fn an_unjudged_part_already_expired_keeps_the_verdict_applied_at_its_deadline() 
     assert_eq!((stats.expired, stats.failsafe_rejects), (1, 1));
 }
 
+/// The worker names the policy its scheduler applies, for a failed part whose verdict the
+/// scheduler thread cannot give; a reconfigure changes both.
+#[test]
+fn the_worker_names_the_policy_its_scheduler_applies() {
+    let (clock, timing) = (MonotonicClock::new(), timing_ms(300, 50));
+    let (worker, _record) = real_clock_worker(timing);
+    assert_eq!(worker.policy(), FailSafePolicy::Reject);
+    worker
+        .reconfigure(timing, FailSafePolicy::Pass)
+        .expect("reconfigure");
+    assert_eq!(worker.policy(), FailSafePolicy::Pass);
+    let (verdict, scheduled) = worker.submit_unjudged(0, clock.now()).expect("submit");
+    assert_eq!(
+        (verdict, scheduled),
+        (Verdict::FailsafePass, Scheduled::Pass)
+    );
+    let stats = worker.shutdown().expect("shutdown");
+    assert_eq!(stats.failsafe_passes, 1);
+}
+
 #[test]
 fn unjudged_parts_pass_under_pass_policy() {
     let mut r = rig(&[T::set(State::Low)], FailSafePolicy::Pass);

@@ -66,6 +66,9 @@ pub struct RejectWorker {
     tx: mpsc::Sender<Command>,
     thread: Option<thread::JoinHandle<Result<ActuatorStats, ActuateError>>>,
     stats: Arc<Mutex<ActuatorStats>>,
+    /// The fail-safe policy last handed to the scheduler thread, for a caller that must name
+    /// a failed part's verdict when the thread cannot answer (stopped, or its pin failed).
+    policy: Mutex<FailSafePolicy>,
 }
 
 impl RejectWorker {
@@ -99,6 +102,7 @@ impl RejectWorker {
         C: Clock + 'static,
     {
         let (tx, rx) = mpsc::channel();
+        let policy = Mutex::new(scheduler.policy());
         let stats = Arc::new(Mutex::new(scheduler.stats()));
         let shared = Arc::clone(&stats);
         let thread = thread::Builder::new()
@@ -186,6 +190,7 @@ impl RejectWorker {
             tx,
             thread: Some(thread),
             stats,
+            policy,
         })
     }
 
@@ -258,7 +263,14 @@ impl RejectWorker {
         }
         self.tx
             .send(Command::Reconfigure(timing, policy))
-            .map_err(|_| ActuateError::Stopped)
+            .map_err(|_| ActuateError::Stopped)?;
+        *self.policy.lock().unwrap_or_else(PoisonError::into_inner) = policy;
+        Ok(())
+    }
+
+    /// The fail-safe policy in force (the one last handed to the scheduler).
+    pub fn policy(&self) -> FailSafePolicy {
+        *self.policy.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Counters as of the scheduler's last wake-up.

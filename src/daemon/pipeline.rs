@@ -44,7 +44,7 @@ use crate::actuate::trigger::TriggerEvent;
 use crate::actuate::{RejectWorker, Scheduled};
 use crate::capture::{Backoff, CaptureError, Frame, FrameSource};
 use crate::clock::{Clock, Timestamp};
-use crate::config::{ArchiveConfig, FailSafePolicy, ModelConfig, Roi};
+use crate::config::{ArchiveConfig, ModelConfig, Roi};
 use ustad_core::engine::Engine;
 use ustad_core::judge::decide;
 
@@ -651,8 +651,8 @@ impl Verdicts {
         };
         let mut verdict = match (&submitted, &o.result) {
             (Ok((verdict, _)), _) | (Err(_), Ok(verdict)) => *verdict,
-            // No actuator (it stopped): recorded as the default policy would have it.
-            (Err(_), Err(_)) => FailSafePolicy::default().verdict(),
+            // The scheduler could not answer (stopped, or its pin failed): the policy it holds.
+            (Err(_), Err(_)) => self.worker.policy().verdict(),
         };
         match submitted.map(|(_, scheduled)| scheduled) {
             Err(e) => log::error!("part {} ({}): actuator unavailable: {e}", o.part, o.origin),
