@@ -587,8 +587,7 @@ pub fn dump_run(dir: &Path, bundle: &Bundle, run: &PrecisionRun) -> Result<(), B
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let spec = &bundle.manifest.input;
-    let mut input = vec![0.0; 3 * spec.width * spec.height];
-    preprocess::normalise_into(&run.judged, spec, &mut input);
+    let input = preprocess::normalise(&run.judged, spec);
     let input_path = dir.join("input.f32");
     std::fs::write(&input_path, f32_bytes(&input)).map_err(io(&input_path))?;
     let files: Vec<&str> = bundle

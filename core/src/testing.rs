@@ -19,16 +19,11 @@ use crate::networks::weights::NetworkWeights;
 pub use crate::networks::weights::SplitMix64;
 
 /// The repository's root (the workspace folder holding `models/`, `config/` and `core/`).
-pub fn repo_root() -> PathBuf {
+fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("core/ sits inside the repository")
         .to_path_buf()
-}
-
-/// `../shared` beside the checkout: the datasets and models, read-only, never copied in.
-pub fn shared_dir() -> PathBuf {
-    repo_root().join("../shared")
 }
 
 /// `rel` inside the repository, e.g. `models/bundles/mtd-edge`.
@@ -36,9 +31,10 @@ pub fn repo_path(rel: impl AsRef<Path>) -> PathBuf {
     repo_root().join(rel)
 }
 
-/// `rel` inside the shared folder, e.g. `data/mtd/test/good/exp0_num_743.jpg`.
+/// `rel` inside `../shared` beside the checkout (the datasets and models, read-only, never
+/// copied in), e.g. `data/mtd/test/good/exp0_num_743.jpg`.
 pub fn shared_path(rel: impl AsRef<Path>) -> PathBuf {
-    shared_dir().join(rel)
+    repo_root().join("../shared").join(rel)
 }
 /// Networks and statistics of a random bundle, kept so tests can recompute by hand.
 pub struct RandomScale {

@@ -49,6 +49,14 @@ struct Rig {
     sched: RejectScheduler<Checked, ManualClock>,
 }
 
+/// The rig's pulse timing: [`DELAY`], then [`PULSE`].
+fn rig_timing() -> PulseTiming {
+    PulseTiming {
+        delay: DELAY,
+        pulse: PULSE,
+    }
+}
+
 /// A scheduler at t = 1000 ms expecting exactly `expected` (after the initial safe `Low`).
 fn rig(expected: &[T], policy: FailSafePolicy) -> Rig {
     let clock = ManualClock::new(ms(1000));
@@ -60,12 +68,8 @@ fn rig(expected: &[T], policy: FailSafePolicy) -> Rig {
         mock: mock.clone(),
         timed,
     };
-    let timing = PulseTiming {
-        delay: DELAY,
-        pulse: PULSE,
-    };
-    let sched =
-        RejectScheduler::new(pin, clock.clone(), "GPIO17", timing, policy).expect("scheduler");
+    let sched = RejectScheduler::new(pin, clock.clone(), "GPIO17", rig_timing(), policy)
+        .expect("scheduler");
     Rig {
         clock,
         mock,
@@ -86,6 +90,13 @@ impl Rig {
         }
         self.clock.set(t);
         self.sched.poll(t).expect("poll");
+    }
+
+    /// Switches the fail-safe policy, keeping the rig's timing (a reload of the policy alone).
+    fn set_policy(&mut self, policy: FailSafePolicy) {
+        self.sched
+            .reconfigure(rig_timing(), policy)
+            .expect("reconfigure");
     }
 
     /// Finishes the scheduler (drain + safe) and checks the mock saw exactly what was expected.
@@ -120,10 +131,7 @@ fn timing_ms(delay: u64, pulse: u64) -> PulseTiming {
 fn line_is_safe_at_start_and_after_drop() {
     let clock = ManualClock::new(ms(0));
     let mut mock = PinMock::new(&[T::set(State::Low), T::set(State::Low)]);
-    let timing = PulseTiming {
-        delay: DELAY,
-        pulse: PULSE,
-    };
+    let timing = rig_timing();
     let sched = RejectScheduler::new(
         mock.clone(),
         clock,
@@ -343,13 +351,7 @@ fn an_unjudged_part_gets_the_schedulers_policy_also_after_a_reconfigure() {
     r.clock.set(ms(1200));
     let (verdict, _) = r.sched.submit_unjudged(0, ms(1000)).expect("submit");
     assert_eq!(verdict, Verdict::FailsafeReject);
-    let timing = PulseTiming {
-        delay: DELAY,
-        pulse: PULSE,
-    };
-    r.sched
-        .reconfigure(timing, FailSafePolicy::Pass)
-        .expect("reconfigure");
+    r.set_policy(FailSafePolicy::Pass);
     assert_eq!(
         r.sched.submit_unjudged(1, ms(1100)).expect("submit"),
         (Verdict::FailsafePass, Scheduled::Pass)
@@ -369,13 +371,7 @@ fn an_unjudged_part_already_expired_keeps_the_verdict_applied_at_its_deadline() 
     );
     r.sched.arm(0, ms(1000), ms(1100)).expect("arm");
     r.run_until(ms(1150));
-    let timing = PulseTiming {
-        delay: DELAY,
-        pulse: PULSE,
-    };
-    r.sched
-        .reconfigure(timing, FailSafePolicy::Pass)
-        .expect("reconfigure");
+    r.set_policy(FailSafePolicy::Pass);
     let (verdict, scheduled) = r.sched.submit_unjudged(0, ms(1000)).expect("submit");
     assert_eq!(verdict, Verdict::FailsafeReject);
     assert!(

@@ -64,12 +64,16 @@ pub fn normalise_into(rgb: &RgbImage, spec: &InputSpec, out: &mut [f32]) {
     }
 }
 
+/// [`normalise_into`] a newly allocated buffer.
+pub fn normalise(rgb: &RgbImage, spec: &InputSpec) -> Vec<f32> {
+    let mut out = vec![0.0; 3 * spec.width * spec.height];
+    normalise_into(rgb, spec, &mut out);
+    out
+}
+
 /// Resize and normalise in one call, allocating the output (trainer and tests).
 pub fn to_input(image: &DynamicImage, spec: &InputSpec) -> Vec<f32> {
-    let rgb = resize_rgb(image, spec);
-    let mut out = vec![0.0; 3 * spec.width * spec.height];
-    normalise_into(&rgb, spec, &mut out);
-    out
+    normalise(&resize_rgb(image, spec), spec)
 }
 
 #[cfg(test)]
