@@ -15,8 +15,10 @@ tile's aspect ratio (longest side to `--size`, the rest filled by mirroring the 
 squashing it, and maps are cut back to the tile; `--map-background median` (or `q25`)
 subtracts each map's own median (or lower quartile) before the pixel metrics, so a map raised
 everywhere on a defective tile no longer counts as false positives (image scores keep the raw
-map). The last line, `normal pixels flagged`, says how much each kind's defect-free pixels
-are raised: the share of them above the threshold that flags 30 % of all defect-free pixels.
+map). The line `normal pixels flagged` says how much each kind's defect-free pixels are raised:
+the share of them above the threshold that flags 30 % of all defect-free pixels. The last line,
+`defect regions covered`, is each kind's share of the PRO curve: the mean fraction of its
+defect regions' pixels above the thresholds that flag 10 % and 30 % of all defect-free pixels.
 
 Prints image AUROC, pixel AUROC, AU-PRO up to FPR 0.3, escapes at the score that passes 98 %
 of the test good parts (an oracle threshold, for comparing choices only) and image AUROC per
@@ -175,6 +177,16 @@ def main():
         share = [(m[~k] > cut).mean() for m, k, c in zip(maps, masks, kinds) if c == kind]
         flagged.append(f"{kind} {np.mean(share):.2f}")
     print(f"  normal pixels flagged at FPR 0.3: {', '.join(flagged)}")
+    cuts = np.quantile(np.concatenate([m[~k] for m, k in zip(maps, masks)]), [0.9, 0.7])
+    covered = []
+    for kind in sorted(set(kinds) - {"good"}):
+        regions = []
+        for m, k, c in zip(maps, masks, kinds):
+            labels, n = ndimage.label(k) if c == kind else (None, 0)
+            regions += [[(m[labels == i] > cut).mean() for cut in cuts] for i in range(1, n + 1)]
+        r = np.array(regions)
+        covered.append(f"{kind} {r[:, 0].mean():.2f}/{r[:, 1].mean():.2f} ({len(r)})")
+    print(f"  defect regions covered at FPR 0.1/0.3 (regions): {', '.join(covered)}")
 
 
 if __name__ == "__main__":
