@@ -8,8 +8,9 @@ On one bundle, in one run, with the same threads throughout:
 
 and prints the ratios int8 / f32 and ustad / ORT. Shared CI machines make absolute times
 meaningless, so nothing is compared with a stored figure; the step fails only on a gross
-regression measured within the run: int8 slower than --max-int8-ratio × f32 (a fallback to
-generic kernels, as the release profile once had: issue 13), or ustad slower than
+regression measured within the run: int8 slower than --max-int8-ratio × f32 (int8 runs at
+about 0.9× f32 here; 1.5× catches a fallback to generic kernels, as the release profile once
+had, and the unfused per-channel requantisation that put it at 2.1×: issue 13), or ustad slower than
 --max-ort-ratio × ONNX Runtime. The raw JSON of both tools is written under --out.
 
 Only the Python standard library is needed (ort_compare.sh brings its own venv).
@@ -37,7 +38,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--max-int8-ratio", type=float, default=3.0)
+    p.add_argument("--max-int8-ratio", type=float, default=1.5)
     p.add_argument("--max-ort-ratio", type=float, default=3.0)
     p.add_argument("--out", type=Path, default=Path.home() / ".cache" / "ustad" / "ci-bench")
     return p.parse_args()

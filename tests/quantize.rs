@@ -194,12 +194,15 @@ fn teacher_normalisation_is_folded_before_quantising() {
 }
 
 #[test]
-fn weights_are_symmetric_per_output_channel() {
+fn weights_are_symmetric_per_run_of_channels() {
     let weight = vec![0.5, -1.0, 0.25, 0.0, 0.015, -0.02];
     let (q, scales) = quantize_weights(&weight, 2);
     assert_eq!(q, vec![64, -127, 32, 0, 95, -127]);
     assert!((scales[0] - 1.0 / 127.0).abs() < 1e-7);
     assert!((scales[1] - 0.02 / 127.0).abs() < 1e-9);
+    let (q, scales) = quantize_weights(&weight, 1);
+    assert_eq!(q, vec![64, -127, 32, 0, 2, -3]);
+    assert_eq!(scales, vec![1.0 / 127.0]);
     let (q, scales) = quantize_weights(&[0.0; 4], 1);
     assert_eq!((q, scales), (vec![0; 4], vec![1.0]));
 }
@@ -314,19 +317,24 @@ fn engine_runs_int8_bundle() {
     }
 }
 
-/// Per-frame time of one p = 33 stride-4 network at 128×128, f32 vs int8, single thread.
-/// `cargo test -p ustad --test quantize -- --ignored --nocapture int8_speed`
-#[test]
-#[ignore = "timing, run by hand"]
-fn int8_speed() {
-    let (height, width) = (128, 128);
-    let weights = NetworkWeights::random(33, 2).unwrap();
+/// A random p = 33 network in image mode at stride 4, and its graph spec.
+fn p33_stride4(height: usize, width: usize) -> (NetworkWeights, GraphSpec) {
     let spec = GraphSpec {
         height,
         width,
         mode: Mode::Image { stride: 4 },
         output_norm: None,
     };
+    (NetworkWeights::random(33, 2).unwrap(), spec)
+}
+
+/// Per-frame time of one p = 33 stride-4 network at 128×128, f32 vs int8, single thread.
+/// `cargo test -p ustad --test quantize -- --ignored --nocapture int8_speed`
+#[test]
+#[ignore = "timing, run by hand"]
+fn int8_speed() {
+    let (height, width) = (128, 128);
+    let (weights, spec) = p33_stride4(height, width);
     let calibration = inputs(4, height, width, 3);
     let ranges = activation_ranges(&weights, &spec, &calibration).unwrap();
     let int8 = int8_graph(&weights, &spec, &ranges).unwrap();
@@ -353,4 +361,38 @@ fn int8_speed() {
             start.elapsed().as_secs_f64() * 1e3 / runs as f64
         );
     }
+}
+
+/// The hidden convs' requantisation runs inside tract's matrix-product kernel: their weight
+/// scale is one scalar, which tract fuses. Per-channel scales there left separate element-wise
+/// passes (`Scale`, `Min`, `Max`, zero-point `Add`/`Sub`) over every full-resolution i32 output
+/// and made int8 2.3 times slower than f32. Only the last conv (per-channel) may keep them.
+#[test]
+fn hidden_int8_convs_requantise_inside_the_matrix_product() {
+    let (height, width) = (64, 64);
+    let (weights, spec) = p33_stride4(height, width);
+    let ranges = activation_ranges(&weights, &spec, &inputs(2, height, width, 5)).unwrap();
+    let model = optimized(
+        &int8_graph(&weights, &spec, &ranges).unwrap(),
+        height,
+        width,
+    );
+    let last = format!("conv{}.", weights.convs.len() - 1);
+    let unfused: Vec<String> = model
+        .nodes()
+        .iter()
+        .filter(|n| ["Scale", "Min", "Max"].contains(&n.op().name().as_ref()))
+        .filter(|n| !n.name.starts_with(&last))
+        .map(|n| format!("{} ({})", n.name, n.op().name()))
+        .collect();
+    assert!(unfused.is_empty(), "unfused requantisation: {unfused:?}");
+    let fused = model
+        .nodes()
+        .iter()
+        .filter(|n| n.op().name() == "OptMatMul")
+        .count();
+    assert!(
+        fused >= weights.convs.len() - 1,
+        "{fused} fused matrix products"
+    );
 }

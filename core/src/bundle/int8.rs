@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! image (f32) → QuantizeLinear (u8)
-//!   → QLinearConv (u8 x, int8 per-output-channel symmetric weights, int32 bias, u8 y)
+//!   → QLinearConv (u8 x, int8 symmetric weights: per-tensor, per-channel in the last conv; int32 bias, u8 y)
 //!     → [activation] DequantizeLinear → LeakyRelu → QuantizeLinear   (tract: a u8 lookup table)
 //!     → [pool] MaxPool on u8 (same strides and dilations as the f32 plan)
 //!   → … → last QLinearConv → DequantizeLinear → descriptors (f32)
@@ -239,21 +239,38 @@ fn raw_tensor(
     }
 }
 
-/// Per-output-channel symmetric int8 quantisation of OIHW weights: `(weights, scales)`.
-pub fn quantize_weights(weight: &[f32], out_channels: usize) -> (Vec<i8>, Vec<f32>) {
-    let per_channel = weight.len() / out_channels;
+/// Symmetric int8 quantisation of OIHW weights with one scale per run of `weight.len() /
+/// scales` values: `(weights, scales)`. `scales = 1` is per-tensor, `scales = out_channels`
+/// per output channel.
+pub fn quantize_weights(weight: &[f32], scales: usize) -> (Vec<i8>, Vec<f32>) {
+    let run = weight.len() / scales;
     let mut quantized = Vec::with_capacity(weight.len());
-    let mut scales = Vec::with_capacity(out_channels);
-    for w in weight.chunks_exact(per_channel) {
+    let mut scale_of_run = Vec::with_capacity(scales);
+    for w in weight.chunks_exact(run) {
         let max = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
         quantized.extend(
             w.iter()
                 .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
         );
-        scales.push(scale);
+        scale_of_run.push(scale);
     }
-    (quantized, scales)
+    (quantized, scale_of_run)
+}
+
+/// How many weight scales conv `i` of `total` gets.
+///
+/// Hidden convs get one (per-tensor): tract (0.23) fuses a `QLinearConv`'s requantisation
+/// (scale, zero point, clamp) into its matrix-product kernel only when the weight scale is a
+/// scalar; with per-channel scales it runs the scale, the clamp and the zero-point corrections as
+/// separate element-wise passes over each i32 output. On an `edge` student that made a
+/// single-threaded frame 98 ms instead of 32 (its f32 takes 43; `examples/profile_network.rs`),
+/// almost all of it in the full-resolution first convs.
+/// The last conv keeps one scale per output channel: the teacher normalisation and the residual
+/// whitening folded into it give its channels very different ranges, and its output is the
+/// smallest map of the network, so the unfused passes cost little there.
+fn weight_scales(i: usize, total: usize, out_channels: usize) -> usize {
+    if i + 1 == total { out_channels } else { 1 }
 }
 
 /// The QOperator int8 graph of `weights` as `spec` says, with activation scales from `ranges`
@@ -326,10 +343,11 @@ pub fn int8_graph(
                     unreachable!("validated weights have one entry per planned conv");
                 };
                 let (weight, bias) = conv_parameters(weights, i, spec.output_norm.as_ref());
-                let (wq, w_scales) = quantize_weights(&weight, conv.out_channels);
+                let scales = weight_scales(i, total, conv.out_channels);
+                let (wq, w_scales) = quantize_weights(&weight, scales);
                 let bias_q: Vec<i32> = bias
                     .iter()
-                    .zip(&w_scales)
+                    .zip(w_scales.iter().cycle())
                     .map(|(b, ws)| {
                         (f64::from(*b) / (f64::from(x_scale_value) * f64::from(*ws)))
                             .round()
@@ -349,12 +367,14 @@ pub fn int8_graph(
                     DataType::Int8,
                     wq.iter().map(|&v| v as u8).collect(),
                 ));
-                graph.initializer(&ws, &[conv.out_channels], w_scales);
+                // A scalar scale and zero point, not length-1 vectors: tract fuses only scalars.
+                let scale_shape: &[usize] = if scales == 1 { &[] } else { &[scales] };
+                graph.initializer(&ws, scale_shape, w_scales);
                 raw.push(raw_tensor(
                     &wz,
-                    &[conv.out_channels],
+                    scale_shape,
                     DataType::Int8,
-                    vec![0; conv.out_channels],
+                    vec![0; scales],
                 ));
                 raw.push(raw_tensor(
                     &b,
