@@ -60,7 +60,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--readme", type=Path, help="splice the table into this file between the markers")
     p.add_argument("--ustad", type=Path, default=default_ustad(),
                    help="ustad binary (default: $USTAD_BIN or $CARGO_TARGET_DIR/release/ustad)")
-    p.add_argument("--skip-ort", action="store_true", help="leave the ORT column empty")
+    p.add_argument("--skip-ort", action="store_true", help="leave the two ORT columns empty")
     p.add_argument("--skip-int8", action="store_true",
                    help="bench f32 only even where int8 is exported (its column then reads \"n/b\")")
     return p.parse_args()
@@ -168,7 +168,8 @@ def table(rows: list[dict], args: argparse.Namespace, log: list[str]) -> str:
             f"| {pct(r['escape'])} | {fmt(r['gmac'], '.1f')} | {fmt(r['f32_ms'], '.1f')} "
             f"| {fmt(r['int8_ms'], '.1f', 'n/b' if r['int8_skipped'] else '—')} "
             f"| {fmt(r['fps'], '.1f')}{'' if r['pick'] is None else ' (' + r['pick'] + ')'} "
-            f"| {fmt(r['ratio'], '.2f')} | {fmt(r['ratio_int8'], '.2f')} |"
+            f"| {fmt(r['ratio'], '.2f')} "
+            f"| {fmt(r['ratio_int8'], '.2f', 'n/b' if r['int8_skipped'] else '—')} |"
         )
     images = sorted({r["images"] for r in rows})
     lines += [

@@ -20,9 +20,10 @@ use ustad_core::networks::weights::NetworkWeights;
 
 /// Bound on max |int8 − f32| / max |f32| of the descriptors, over every random network and
 /// stride below (the worst element of 3 held-out inputs). Measured 2.8–6.0 %, 9.5 % for the
-/// normalised teacher, 12.7 % for p = 65 at stride 8 (a 3×3 map: few elements, noisy max).
+/// normalised teacher, 12.7 % for p = 65 at stride 8 (a 3×3 map: few elements, noisy max),
+/// the same with per-tensor hidden weights (session 15) as with per-channel ones.
 const RELATIVE_BOUND: f32 = 0.20;
-/// Bound on mean |int8 − f32| / mean |f32|. Measured 1.85–2.12 % for every case.
+/// Bound on mean |int8 − f32| / mean |f32|. Measured 1.76–2.12 % for every case.
 const MEAN_RELATIVE_BOUND: f32 = 0.03;
 
 /// Inputs shaped like preprocessed images: smooth structure plus noise, roughly in [−2, 2.5].
@@ -378,21 +379,20 @@ fn hidden_int8_convs_requantise_inside_the_matrix_product() {
         width,
     );
     let last = format!("conv{}.", weights.convs.len() - 1);
-    let unfused: Vec<String> = model
+    let requantisation = |n: &&TypedNode| ["Scale", "Min", "Max"].contains(&n.op().name().as_ref());
+    let (in_last, unfused): (Vec<&TypedNode>, Vec<&TypedNode>) = model
         .nodes()
         .iter()
-        .filter(|n| ["Scale", "Min", "Max"].contains(&n.op().name().as_ref()))
-        .filter(|n| !n.name.starts_with(&last))
+        .filter(requantisation)
+        .partition(|n| n.name.starts_with(&last));
+    let names: Vec<String> = unfused
+        .iter()
         .map(|n| format!("{} ({})", n.name, n.op().name()))
         .collect();
-    assert!(unfused.is_empty(), "unfused requantisation: {unfused:?}");
-    let fused = model
-        .nodes()
-        .iter()
-        .filter(|n| n.op().name() == "OptMatMul")
-        .count();
+    assert!(names.is_empty(), "unfused requantisation: {names:?}");
+    // The control: the per-channel last conv keeps its `Scale`, so these op names still exist.
     assert!(
-        fused >= weights.convs.len() - 1,
-        "{fused} fused matrix products"
+        in_last.iter().any(|n| n.op().name() == "Scale"),
+        "no `Scale` node left in {last}: did tract rename its requantisation ops?"
     );
 }

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! image (f32) → QuantizeLinear (u8)
-//!   → QLinearConv (u8 x, int8 symmetric weights: per-tensor, per-channel in the last conv; int32 bias, u8 y)
+//!   → QLinearConv (u8 x, int8 symmetric weights, per tensor but per channel in the last conv,
+//!                  int32 bias, u8 y)
 //!     → [activation] DequantizeLinear → LeakyRelu → QuantizeLinear   (tract: a u8 lookup table)
 //!     → [pool] MaxPool on u8 (same strides and dilations as the f32 plan)
 //!   → … → last QLinearConv → DequantizeLinear → descriptors (f32)
@@ -242,7 +243,15 @@ fn raw_tensor(
 /// Symmetric int8 quantisation of OIHW weights with one scale per run of `weight.len() /
 /// scales` values: `(weights, scales)`. `scales = 1` is per-tensor, `scales = out_channels`
 /// per output channel.
+///
+/// # Panics
+/// If `scales` is zero or does not divide the weight count.
 pub fn quantize_weights(weight: &[f32], scales: usize) -> (Vec<i8>, Vec<f32>) {
+    assert!(
+        scales > 0 && weight.len().is_multiple_of(scales),
+        "{} weights do not split into {scales} runs",
+        weight.len()
+    );
     let run = weight.len() / scales;
     let mut quantized = Vec::with_capacity(weight.len());
     let mut scale_of_run = Vec::with_capacity(scales);
@@ -256,6 +265,21 @@ pub fn quantize_weights(weight: &[f32], scales: usize) -> (Vec<i8>, Vec<f32>) {
         scale_of_run.push(scale);
     }
     (quantized, scale_of_run)
+}
+
+/// int32 biases at the scale of the conv's accumulator, `x_scale × w_scale` of each output
+/// channel (`w_scales` holds one scale per run of channels, as [`quantize_weights`] returns).
+fn quantize_bias(bias: &[f32], x_scale: f32, w_scales: &[f32]) -> Vec<i32> {
+    let per_scale = bias.len() / w_scales.len();
+    bias.iter()
+        .enumerate()
+        .map(|(c, b)| {
+            let accumulator = f64::from(x_scale) * f64::from(w_scales[c / per_scale]);
+            (f64::from(*b) / accumulator)
+                .round()
+                .clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i32
+        })
+        .collect()
 }
 
 /// How many weight scales conv `i` of `total` gets.
@@ -345,16 +369,7 @@ pub fn int8_graph(
                 let (weight, bias) = conv_parameters(weights, i, spec.output_norm.as_ref());
                 let scales = weight_scales(i, total, conv.out_channels);
                 let (wq, w_scales) = quantize_weights(&weight, scales);
-                let bias_q: Vec<i32> = bias
-                    .iter()
-                    .zip(w_scales.iter().cycle())
-                    .map(|(b, ws)| {
-                        (f64::from(*b) / (f64::from(x_scale_value) * f64::from(*ws)))
-                            .round()
-                            .clamp(f64::from(i32::MIN), f64::from(i32::MAX))
-                            as i32
-                    })
-                    .collect();
+                let bias_q = quantize_bias(&bias, x_scale_value, &w_scales);
                 let (w, ws, wz, b) = (
                     format!("conv{i}.weight"),
                     format!("conv{i}.weight.scale"),
