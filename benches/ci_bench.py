@@ -10,8 +10,8 @@ and prints the ratios int8 / f32 and ustad / ORT. Shared CI machines make absolu
 meaningless, so nothing is compared with a stored figure; the step fails only on a gross
 regression measured within the run: int8 slower than --max-int8-ratio × f32 (int8 runs at
 about 0.8× f32 here; 1.5× catches a fallback to generic kernels, as the release profile once
-had, and the unfused per-channel requantisation that put it at 2.1×: issue 13), or ustad slower than
---max-ort-ratio × ONNX Runtime. The raw JSON of both tools is written under --out.
+had, and the unfused per-channel requantisation that put it at 2.1×: issue 13), or ustad
+slower than --max-ort-ratio × ONNX Runtime. The raw JSON of both tools is written under --out.
 
 Only the Python standard library is needed (ort_compare.sh brings its own venv).
 """

@@ -182,7 +182,9 @@ def main():
     for kind in sorted(set(kinds) - {"good"}):
         regions = []
         for m, k, c in zip(maps, masks, kinds):
-            labels, n = ndimage.label(k) if c == kind else (None, 0)
+            if c != kind:
+                continue
+            labels, n = ndimage.label(k)
             regions += [[(m[labels == i] > cut).mean() for cut in cuts] for i in range(1, n + 1)]
         r = np.array(regions)
         covered.append(f"{kind} {r[:, 0].mean():.2f}/{r[:, 1].mean():.2f} ({len(r)})")
