@@ -287,9 +287,10 @@ fn quantize_bias(bias: &[f32], x_scale: f32, w_scales: &[f32]) -> Vec<i32> {
 /// Hidden convs get one (per-tensor): tract (0.23) fuses a `QLinearConv`'s requantisation
 /// (scale, zero point, clamp) into its matrix-product kernel only when the weight scale is a
 /// scalar; with per-channel scales it runs the scale, the clamp and the zero-point corrections as
-/// separate element-wise passes over each i32 output. On an `edge` student that made a
-/// single-threaded frame 98 ms instead of 32 (its f32 takes 43; `examples/profile_network.rs`),
-/// almost all of it in the full-resolution first convs.
+/// separate element-wise passes over each i32 output. An `edge` student's int8 graph took 98 ms
+/// single-threaded, against 32 ms for the same graph rewritten with one scale per tensor and 43
+/// for its f32 graph (`examples/profile_network.rs`), almost all of the difference in the
+/// full-resolution first convs.
 /// The last conv keeps one scale per output channel: the teacher normalisation and the residual
 /// whitening folded into it give its channels very different ranges, and its output is the
 /// smallest map of the network, so the unfused passes cost little there.
