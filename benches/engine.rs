@@ -24,6 +24,8 @@ fn bundle(dir: &std::path::Path) -> ustad_core::bundle::Bundle {
         .collect();
     let scale = ScaleExport {
         stride: 4,
+        reduction: 1,
+        role: Default::default(),
         teacher: TeacherExport::Network(&teacher),
         students: &students,
         teacher_norm: ChannelNorm {

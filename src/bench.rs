@@ -607,7 +607,7 @@ pub fn dump_run(dir: &Path, bundle: &Bundle, run: &PrecisionRun) -> Result<(), B
             .scales
             .iter()
             .enumerate()
-            .find(|(_, s)| label.starts_with(&format!("p{}/", s.patch_size)))
+            .find(|(_, s)| label.starts_with(&format!("{}/", s.label())))
             .map(|(index, _)| index);
         let map = scale.and_then(|index| bundle.map_size(index));
         networks.push(serde_json::json!({
@@ -730,6 +730,8 @@ mod tests {
                         patch_size: p,
                         stride,
                         student_channel_divisor: divisor,
+                        reduction: 1,
+                        role: Default::default(),
                         teacher: "t.onnx".into(),
                         students: vec!["a.onnx".into(), "b.onnx".into()],
                         int8: None,

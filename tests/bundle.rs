@@ -141,6 +141,8 @@ fn a_single_student_is_refused() {
     let scales = [common::random_scale(17, 1, 1, 3)];
     let exports = ustad_core::bundle::onnx::ScaleExport {
         stride: 1,
+        reduction: 1,
+        role: Default::default(),
         teacher: ustad_core::bundle::onnx::TeacherExport::Network(&scales[0].teacher),
         students: &scales[0].students,
         teacher_norm: scales[0].norm.clone(),

@@ -20,7 +20,7 @@ pub mod strided_depthwise;
 use crate::bundle::{Bundle, BundleError, Precision};
 use crate::judge::decide::{ImageScorer, Verdict};
 use crate::judge::preprocess;
-use crate::judge::score::{self, Calibration};
+use crate::judge::score::{self, Calibration, ScaleRole};
 use crate::networks::arch::DESCRIPTOR_DIM;
 
 /// Why the engine could not load or judge.
@@ -160,7 +160,9 @@ impl NetworkRunner {
 /// Per-scale geometry, calibration and buffers.
 struct ScaleState {
     networks: std::ops::Range<usize>,
+    /// Input pixels between two map cells.
     stride: usize,
+    role: ScaleRole,
     map_height: usize,
     map_width: usize,
     calibration: Calibration,
@@ -188,6 +190,7 @@ pub struct Analysis<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct ScaleMaps<'a> {
     pub patch_size: usize,
+    /// Input pixels between two cells (the scale's stride times its reduction).
     pub stride: usize,
     pub height: usize,
     pub width: usize,
@@ -203,7 +206,11 @@ pub struct Engine {
     input: Arc<Tensor>,
     networks: Vec<NetworkRunner>,
     scales: Vec<ScaleState>,
+    /// The anomaly map: the calibrated maps of the scales that feed it, averaged.
     fused: Vec<f32>,
+    /// What the image score reads when it is fed by other scales than the map
+    /// ([`ScaleRole`]); `None` when every scale feeds both and the score reads `fused`.
+    score_map: Option<Vec<f32>>,
     /// The frame of the last [`Engine::analyze`], resized to the input; shared, so the daemon
     /// keeps it for its live page and archive without copying it.
     judged: Arc<RgbImage>,
@@ -276,10 +283,10 @@ impl Engine {
             let output_shape = [1, DESCRIPTOR_DIM, map_height, map_width];
             let start = networks.len();
             let half = options.precision == Precision::F16;
-            let p = scale.patch_size;
+            let label = scale.label();
             networks.push(NetworkRunner::load(
                 &bundle.file(teacher),
-                format!("p{p}/teacher"),
+                format!("{label}/teacher"),
                 input_shape,
                 output_shape,
                 half,
@@ -287,7 +294,7 @@ impl Engine {
             for (i, student) in students.iter().enumerate() {
                 networks.push(NetworkRunner::load(
                     &bundle.file(student),
-                    format!("p{p}/student{i}"),
+                    format!("{label}/student{i}"),
                     input_shape,
                     output_shape,
                     half,
@@ -296,7 +303,8 @@ impl Engine {
             let pixels = map_height * map_width;
             scales.push(ScaleState {
                 networks: start..networks.len(),
-                stride: scale.stride,
+                stride: scale.map_stride(),
+                role: scale.role,
                 map_height,
                 map_width,
                 calibration: scale.calibration,
@@ -329,6 +337,11 @@ impl Engine {
         Ok(Self {
             threshold: m.decision.threshold,
             fused: vec![0.0; width * height],
+            score_map: m
+                .scales
+                .iter()
+                .any(|s| s.role != ScaleRole::Both)
+                .then(|| vec![0.0; width * height]),
             judged: Arc::new(RgbImage::new(0, 0)),
             bundle,
             options,
@@ -466,8 +479,15 @@ impl Engine {
         drop(input);
 
         self.fused.fill(0.0);
+        if let Some(map) = &mut self.score_map {
+            map.fill(0.0);
+        }
         let (height, width) = self.input_size();
-        let weight = 1.0 / self.scales.len() as f32;
+        let count = |feeds: fn(ScaleRole) -> bool| {
+            self.scales.iter().filter(|s| feeds(s.role)).count().max(1) as f32
+        };
+        let (map_weight, score_weight) =
+            (1.0 / count(ScaleRole::maps), 1.0 / count(ScaleRole::scores));
         for scale in &mut self.scales {
             let runners = &self.networks[scale.networks.clone()];
             let teacher = runners[0].output();
@@ -487,17 +507,34 @@ impl Engine {
             {
                 *s = scale.calibration.normalise(e, v);
             }
-            score::upsample_accumulate(
-                &scale.score,
-                (scale.map_height, scale.map_width),
-                scale.stride,
-                weight,
-                &mut self.fused,
-                (height, width),
-            );
+            let geometry = (scale.map_height, scale.map_width);
+            if scale.role.maps() {
+                score::upsample_accumulate(
+                    &scale.score,
+                    geometry,
+                    scale.stride,
+                    map_weight,
+                    &mut self.fused,
+                    (height, width),
+                );
+            }
+            if let Some(map) = self.score_map.as_mut().filter(|_| scale.role.scores()) {
+                score::upsample_accumulate(
+                    &scale.score,
+                    geometry,
+                    scale.stride,
+                    score_weight,
+                    map,
+                    (height, width),
+                );
+            }
         }
-        let score = self.scorer.score(&self.fused);
-        if score.is_nan() {
+        let score = self
+            .scorer
+            .score(self.score_map.as_deref().unwrap_or(&self.fused));
+        // A map fed by other scales than the score is checked on its own: a broken map must
+        // stop the part as surely as a broken score.
+        if score.is_nan() || (self.score_map.is_some() && self.fused.iter().any(|v| v.is_nan())) {
             return Err(EngineError::NotFinite);
         }
         Ok(Analysis {

@@ -87,6 +87,8 @@ pub fn write_random_bundle(
         .iter()
         .map(|s| ScaleExport {
             stride: s.stride,
+            reduction: 1,
+            role: Default::default(),
             teacher: TeacherExport::Network(&s.teacher),
             students: &s.students,
             teacher_norm: s.norm.clone(),

@@ -55,7 +55,7 @@ struct FitArgs {
     /// Output bundle directory.
     #[arg(long)]
     out: PathBuf,
-    /// Built-in preset (edge, edge-teacher, edge-fast, edge-shallow, edge-p33, edge-distilled, edge-p65, paper) or a preset .toml file.
+    /// Built-in preset (edge, edge-teacher, edge-map, edge-fast, edge-shallow, edge-p33, edge-distilled, edge-p65, paper) or a preset .toml file.
     #[arg(long, default_value = "edge")]
     preset: String,
     /// Folder with the pretrained teachers p17.ustw, p33.ustw, p65.ustw.

@@ -330,3 +330,179 @@ fn without_students_the_bundle_scores_the_whitened_teacher_alone() {
         assert_eq!(maps[0].variance[cell], 0.0);
     }
 }
+
+/// `DEEP_TRAILING` seen as a 32² view of the 64² input, feeding the image score only.
+const DEEP_TRAILING_REDUCED_SCORE: &str = r#"{ patch_size = 33, stride = 4, teacher = "backbone", teacher_nodes = ["res4", "res10", "res12"], teacher_components = "trailing", reduction = 2, role = "score" }"#;
+/// `DEEP_TRAILING` at the full input, feeding the anomaly map only.
+const DEEP_TRAILING_MAP: &str = r#"{ patch_size = 33, stride = 4, teacher = "backbone", teacher_nodes = ["res4", "res10", "res12"], teacher_components = "trailing", role = "map" }"#;
+
+/// A scale's calibrated map upsampled to the input, as the engine fuses it.
+fn calibrated_map(
+    engine: &ustad_core::engine::Engine,
+    index: usize,
+    (height, width): (usize, usize),
+) -> Vec<f32> {
+    let spec = &engine.bundle().manifest.scales[index];
+    let maps = engine.scale_maps();
+    let m = &maps[index];
+    let score: Vec<f32> = m
+        .error
+        .iter()
+        .zip(m.variance)
+        .map(|(&e, &v)| spec.calibration.normalise(e, v))
+        .collect();
+    let mut out = vec![0.0; height * width];
+    ustad_core::judge::score::upsample_accumulate(
+        &score,
+        (m.height, m.width),
+        spec.map_stride(),
+        1.0,
+        &mut out,
+        (height, width),
+    );
+    out
+}
+
+#[test]
+fn a_reduced_view_judges_the_part_and_the_full_view_maps_it() {
+    use ustad_core::engine::{Engine, EngineOptions};
+    use ustad_core::judge::decide::ImageScorer;
+    use ustad_core::judge::score::ScaleRole;
+
+    let dir = tempfile::tempdir().unwrap();
+    let scales = format!("{DEEP_TRAILING_REDUCED_SCORE}, {DEEP_TRAILING_MAP}");
+    let (options, _, files) = tiny_backbone_fit(dir.path(), 0, &scales);
+    let bundle = Bundle::load(&options.out).unwrap();
+    let (coarse, fine) = (&bundle.manifest.scales[0], &bundle.manifest.scales[1]);
+    assert_eq!((coarse.reduction, coarse.role), (2, ScaleRole::Score));
+    assert_eq!((fine.reduction, fine.role), (1, ScaleRole::Map));
+    assert_eq!(coarse.teacher, "p33-s4-r2-teacher.onnx");
+    assert_eq!(fine.teacher, "p33-s4-teacher.onnx");
+    // The coarse grid is the 32² view's at stride 4, cells 8 input pixels apart.
+    assert_eq!(bundle.map_size(0), Some((8, 8)));
+    assert_eq!(bundle.map_size(1), Some((16, 16)));
+
+    let input = ustad_core::judge::preprocess::to_input(
+        &image::open(&files[0]).unwrap(),
+        &bundle.manifest.input,
+    );
+    let side = 64;
+
+    // The engine scores the coarse scale alone and maps the fine scale alone.
+    let rule = bundle.manifest.image_score;
+    let mut engine = Engine::load(bundle, EngineOptions::default()).unwrap();
+    let analysis = engine.analyze_input(&input).unwrap();
+    let (score, map) = (analysis.score, analysis.map.to_vec());
+    let coarse_map = calibrated_map(&engine, 0, (side, side));
+    let fine_map = calibrated_map(&engine, 1, (side, side));
+    let expected = ImageScorer::new(rule, side, side).score(&coarse_map);
+    assert!(
+        (score - expected).abs() <= 1e-5 * expected.abs().max(1.0),
+        "{score} vs {expected}"
+    );
+    let mixed = ImageScorer::new(rule, side, side).score(&fine_map);
+    assert!(
+        (score - mixed).abs() > 1e-3,
+        "the map scale leaked into the score"
+    );
+    let worst = map
+        .iter()
+        .zip(&fine_map)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "map differs from the fine scale's by {worst}");
+
+    // A manifest edited into a geometry or roles the engine cannot run is refused by name.
+    let manifest = options.out.join("bundle.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    for (edit, expected) in [
+        (
+            text.replace("reduction = 2", "reduction = 3"),
+            "scales[0].reduction",
+        ),
+        (
+            text.replace("role = \"score\"", "role = \"map\""),
+            "no scale feeds the image score",
+        ),
+    ] {
+        std::fs::write(&manifest, edit).unwrap();
+        let err = Bundle::load(&options.out).unwrap_err().to_string();
+        assert!(
+            err.contains("bundle.toml") && err.contains(expected),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_reduced_view_or_a_role_that_cannot_work_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |name: &str, scales: &str, students: usize| {
+        let text = format!(
+            "name = \"{name}\"\ndescription = \"\"\nwidth = 64\nheight = 64\nstudents = {students}\n\
+             epochs = 1\nbatch = 1\nlearning_rate = 1e-4\nscales = [{scales}]\n\
+             [image_score]\nsmoothing_sigma = 1.0\ntop_fraction = 0.01\n"
+        );
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        format!(
+            "{:#}",
+            ustad_train::fit::Preset::load(path.to_str().unwrap()).unwrap_err()
+        )
+    };
+    let pair = |score: &str| format!("{score}, {DEEP_TRAILING_MAP}");
+    let err = load("students", &pair(DEEP_TRAILING_REDUCED_SCORE), 2);
+    assert!(
+        err.contains("students.toml") && err.contains("reduction = 2"),
+        "{err}"
+    );
+    let indivisible = DEEP_TRAILING_REDUCED_SCORE.replace("reduction = 2", "reduction = 3");
+    let err = load("indivisible", &pair(&indivisible), 0);
+    assert!(err.contains("reduction = 3 does not divide"), "{err}");
+    let err = load("no-map", DEEP_TRAILING_REDUCED_SCORE, 0);
+    assert!(
+        err.contains("no-map.toml") && err.contains("no scale feeds the anomaly map"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_reduced_view_sees_the_frame_as_a_smaller_resize_would() {
+    use image::imageops::FilterType;
+    use ustad_core::judge::preprocess::to_input;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut deep = tap();
+    deep.nodes = vec!["res4".into(), "res10".into(), "res12".into()];
+    let teacher = FeatureTeacher::load(&backbone_onnx(), deep, 32, 32).unwrap();
+    let rgb = mtd_tile(64);
+    let tile = DynamicImage::ImageRgb8(rgb.clone());
+    let features = |spec: &InputSpec, image: &DynamicImage, name: &str| {
+        let path = dir.path().join(name);
+        save_model(&teacher.graph(spec, 4, (8, 8), None).unwrap(), &path).unwrap();
+        run(&path, &to_input(image, spec), spec.width)
+    };
+    // The 64² input filtered down inside the graph ...
+    let in_graph = features(&InputSpec::imagenet(64, 64), &tile, "reduced.onnx");
+    // ... against the 32² backbone on the image crate's own Triangle resize of the tile, and
+    // on a nearest-neighbour one (aliased: what a plain subsampling would show).
+    let view = InputSpec::imagenet(32, 32);
+    let resized = |filter| DynamicImage::ImageRgb8(image::imageops::resize(&rgb, 32, 32, filter));
+    let triangle = features(&view, &resized(FilterType::Triangle), "triangle.onnx");
+    let nearest = features(&view, &resized(FilterType::Nearest), "nearest.onnx");
+    assert_eq!(in_graph.len(), teacher.channels() * 64);
+    let rms = |a: &[f32], b: &[f32]| {
+        (a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f32>() / a.len() as f32).sqrt()
+    };
+    let (close, aliased) = (rms(&in_graph, &triangle), rms(&in_graph, &nearest));
+    let spread = rms(&triangle, &vec![0.0; triangle.len()]);
+    // 8-bit rounding of the resized tile is all that separates the first two.
+    assert!(
+        close < 0.05 * spread,
+        "in-graph vs Triangle resize: {close} (features' rms {spread})"
+    );
+    assert!(
+        aliased > 3.0 * close,
+        "nearest {aliased} should differ more than {close}"
+    );
+}

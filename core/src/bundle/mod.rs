@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use crate::judge::decide::{Decision, ImageScoreRule};
 use crate::judge::preprocess::InputSpec;
-use crate::judge::score::Calibration;
+use crate::judge::score::{Calibration, ScaleRole};
 use crate::networks::arch::{Architecture, DESCRIPTOR_DIM, INPUT_CHANNELS, Mode};
 
 pub mod cost;
@@ -76,6 +76,18 @@ pub struct ScaleSpec {
         skip_serializing_if = "crate::networks::arch::is_paper_widths"
     )]
     pub student_channel_divisor: usize,
+    /// The scale sees the input reduced this many times on each side (a bilinear downscale at
+    /// the start of its teacher graph), so a 512² input gives it a 128² view of the part. Its
+    /// map is on the reduced input's grid at `stride`: `stride × reduction` input pixels apart.
+    /// Absent means 1. Only a teacher scored alone can have one: students see the full input.
+    #[serde(
+        default = "ScaleSpec::full_view",
+        skip_serializing_if = "ScaleSpec::is_full_view"
+    )]
+    pub reduction: usize,
+    /// Whether the scale's map feeds the image score, the anomaly map or both (absent: both).
+    #[serde(default, skip_serializing_if = "ScaleRole::is_both")]
+    pub role: ScaleRole,
     /// Teacher ONNX file, relative to the bundle; its output is already `(y − μ)/σ`.
     pub teacher: String,
     /// Student ONNX files: at least two (the variance needs an ensemble), or none, where the
@@ -93,9 +105,53 @@ pub struct ScaleSpec {
 }
 
 impl ScaleSpec {
+    /// The `reduction` of a scale that sees the whole input.
+    pub const fn full_view() -> usize {
+        1
+    }
+
+    /// For `skip_serializing_if`.
+    pub fn is_full_view(reduction: &usize) -> bool {
+        *reduction == 1
+    }
+
+    /// Input pixels between two cells of the scale's map.
+    pub fn map_stride(&self) -> usize {
+        self.stride * self.reduction
+    }
+
+    /// The scale's name in file names and network labels: `p65-s8`, or `p65-s8-r4` for a
+    /// reduced view.
+    pub fn name(&self) -> String {
+        scale_name(self.patch_size, self.stride, self.reduction)
+    }
+
+    /// The prefix of its networks' labels (`p65/teacher`, `p65-r4/teacher`).
+    pub fn label(&self) -> String {
+        scale_label(self.patch_size, self.reduction)
+    }
+
     /// The students' architecture: the scale's patch network at the students' widths.
     pub fn student_architecture(&self) -> Result<Architecture, crate::networks::arch::ArchError> {
         Architecture::new(self.patch_size, self.student_channel_divisor)
+    }
+}
+
+/// [`ScaleSpec::name`] from its parts, for the trainer before a spec exists.
+pub fn scale_name(patch_size: usize, stride: usize, reduction: usize) -> String {
+    if reduction == 1 {
+        format!("p{patch_size}-s{stride}")
+    } else {
+        format!("p{patch_size}-s{stride}-r{reduction}")
+    }
+}
+
+/// [`ScaleSpec::label`] from its parts.
+pub fn scale_label(patch_size: usize, reduction: usize) -> String {
+    if reduction == 1 {
+        format!("p{patch_size}")
+    } else {
+        format!("p{patch_size}-r{reduction}")
     }
 }
 
@@ -289,12 +345,13 @@ impl Bundle {
     pub fn map_size(&self, index: usize) -> Option<(usize, usize)> {
         let scale = self.manifest.scales.get(index)?;
         let arch = Architecture::for_patch_size(scale.patch_size).ok()?;
+        let k = scale.reduction.max(1);
         arch.output_size(
             Mode::Image {
                 stride: scale.stride,
             },
-            self.manifest.input.height,
-            self.manifest.input.width,
+            self.manifest.input.height / k,
+            self.manifest.input.width / k,
         )
         .ok()
     }
@@ -342,6 +399,13 @@ impl Bundle {
                 "at least one scale is required".into(),
             ));
         }
+        let roles: Vec<ScaleRole> = m.scales.iter().map(|s| s.role).collect();
+        if let Some(output) = ScaleRole::unfed(&roles) {
+            return Err(field(
+                "scales.role".into(),
+                format!("no scale feeds {output}"),
+            ));
+        }
         let rule = &m.image_score;
         if !(rule.smoothing_sigma.is_finite() && rule.smoothing_sigma >= 0.0) {
             return Err(field(
@@ -374,13 +438,29 @@ impl Bundle {
             let arch = scale
                 .student_architecture()
                 .map_err(|e| field(at("student_channel_divisor"), e.to_string()))?;
+            let k = scale.reduction;
+            if k == 0 || !m.input.height.is_multiple_of(k) || !m.input.width.is_multiple_of(k) {
+                return Err(field(
+                    at("reduction"),
+                    format!(
+                        "{k} does not divide the {}×{} input",
+                        m.input.width, m.input.height
+                    ),
+                ));
+            }
+            if k > 1 && !scale.students.is_empty() {
+                return Err(field(
+                    at("reduction"),
+                    "a reduced view is for a teacher scored alone: its students would see the full input".into(),
+                ));
+            }
             let (map_h, map_w) = arch
                 .output_size(
                     Mode::Image {
                         stride: scale.stride,
                     },
-                    m.input.height,
-                    m.input.width,
+                    m.input.height / k,
+                    m.input.width / k,
                 )
                 .map_err(|e| field(at("stride"), e.to_string()))?;
             if scale.students.len() == 1 {

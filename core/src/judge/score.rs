@@ -12,6 +12,52 @@
 
 use serde::{Deserialize, Serialize};
 
+/// What a scale's calibrated map feeds: the image score that decides the part, the anomaly
+/// map that shows where it is wrong, or both (every scale of a bundle that does not say).
+///
+/// A coarse view of the whole part judges it best (its deep features see the part at once, so
+/// a defect lifts its whole map), and a fine view localises best; neither does both well
+/// (models/teachers/README.md). Each output averages the scales that feed it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleRole {
+    #[default]
+    Both,
+    /// The image score only.
+    Score,
+    /// The anomaly map only.
+    Map,
+}
+
+impl ScaleRole {
+    /// Whether the scale feeds the image score.
+    pub fn scores(self) -> bool {
+        matches!(self, Self::Both | Self::Score)
+    }
+
+    /// Whether the scale feeds the anomaly map.
+    pub fn maps(self) -> bool {
+        matches!(self, Self::Both | Self::Map)
+    }
+
+    /// For `skip_serializing_if`: bundles whose scales all do both keep their manifests.
+    pub fn is_both(&self) -> bool {
+        *self == Self::Both
+    }
+
+    /// The output that none of `roles` feeds ("the image score" or "the anomaly map"), if
+    /// any: a bundle or preset with one cannot judge a part or cannot show it.
+    pub fn unfed(roles: &[ScaleRole]) -> Option<&'static str> {
+        if !roles.iter().any(|r| r.scores()) {
+            Some("the image score")
+        } else if !roles.iter().any(|r| r.maps()) {
+            Some("the anomaly map")
+        } else {
+            None
+        }
+    }
+}
+
 /// Calibration of one scale: mean and standard deviation of `e` and `v` over the pixels of
 /// held-out defect-free images, and how much the variance counts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

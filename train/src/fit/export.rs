@@ -32,7 +32,7 @@ pub(super) fn measure_whitening(
     norm: &ChannelNorm,
     students: &[NetworkWeights],
     spec: &InputSpec,
-    (patch_size, stride): (usize, usize),
+    (patch_size, stride, reduction): (usize, usize, usize),
     inputs: &[Vec<f32>],
 ) -> Result<(Whitening, crate::whiten::WhiteningSummary)> {
     let dir = work.join("whitening");
@@ -40,7 +40,7 @@ pub(super) fn measure_whitening(
     let (height, width) = (spec.height, spec.width);
     let teacher_path = dir.join("teacher.onnx");
     save_model(
-        &teacher_graph(teacher.export(patch_size), spec, stride, norm)?,
+        &teacher_graph(teacher.export(patch_size), spec, (stride, reduction), norm)?,
         &teacher_path,
     )?;
     let teacher_maps = run_network(&teacher_path, inputs, height, width)?;
@@ -84,7 +84,7 @@ pub(super) fn whiten_residuals(
             &fitted.norm,
             &fitted.students,
             spec,
-            (scale.patch_size, scale.stride),
+            (scale.patch_size, scale.stride, scale.reduction),
             inputs,
         )?;
         fitted.teacher = fitted.teacher.whitened(&whitening, &fitted.norm)?;
@@ -101,9 +101,8 @@ pub(super) fn whiten_residuals(
             summary.top8_share * 100.0
         );
         notes.push(format!(
-            "p{}-s{}: Σ^-1/2 of the residual on {} {} images, shrinkage {}, top 8 of {} directions {:.1} %",
-            scale.patch_size,
-            scale.stride,
+            "{}: Σ^-1/2 of the residual on {} {} images, shrinkage {}, top 8 of {} directions {:.1} %",
+            ustad_core::bundle::scale_name(scale.patch_size, scale.stride, scale.reduction),
             summary.images,
             if held_out { "held-out" } else { "fit" },
             crate::whiten::SHRINKAGE,
@@ -131,6 +130,8 @@ pub(super) fn export_bundle(
         .zip(calibrations)
         .map(|((s, fitted), calibration)| ScaleExport {
             stride: s.stride,
+            reduction: s.reduction,
+            role: s.role,
             teacher: fitted.teacher.export(s.patch_size),
             students: &fitted.students,
             teacher_norm: fitted.norm.clone(),
@@ -250,7 +251,10 @@ pub(super) fn f32_parity(
                 // burn has no backbone: the students' parity is checked against tract's
                 // teacher, whose graph a test checks against the distillation targets.
                 FitTeacher::Backbone(..) => {
-                    let label = format!("p{}/teacher", scale.patch_size);
+                    let label = format!(
+                        "{}/teacher",
+                        ustad_core::bundle::scale_label(scale.patch_size, scale.reduction)
+                    );
                     engine
                         .network_outputs()
                         .into_iter()

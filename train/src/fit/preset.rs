@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use ustad_core::judge::decide::ImageScoreRule;
-use ustad_core::judge::score::Calibration;
+use ustad_core::judge::score::{Calibration, ScaleRole};
 use ustad_core::networks::arch::Mode;
 
 /// A scale of a preset.
@@ -30,6 +30,17 @@ pub struct PresetScale {
     /// For a backbone teacher: which principal components of its taps become the descriptor.
     #[serde(default)]
     pub teacher_components: crate::pca::Components,
+    /// The scale sees the input reduced this many times on each side (`ScaleSpec::reduction`):
+    /// a 128² view of a 512² input for judging the whole part while a full-resolution scale
+    /// localises. Backbone teachers scored alone (`students = 0`) only.
+    #[serde(
+        default = "ustad_core::bundle::ScaleSpec::full_view",
+        skip_serializing_if = "ustad_core::bundle::ScaleSpec::is_full_view"
+    )]
+    pub reduction: usize,
+    /// What the scale's map feeds (`ScaleSpec::role`): `both` (the default), `score` or `map`.
+    #[serde(default, skip_serializing_if = "ScaleRole::is_both")]
+    pub role: ScaleRole,
 }
 
 impl PresetScale {
@@ -43,6 +54,34 @@ impl PresetScale {
         }
         if self.teacher_nodes.as_ref().is_some_and(Vec::is_empty) {
             bail!("teacher_nodes must name at least one backbone node");
+        }
+        Ok(())
+    }
+
+    /// The input size `(height, width)` this scale's networks see: the preset's, divided by
+    /// its reduction.
+    pub fn view(&self, height: usize, width: usize) -> (usize, usize) {
+        (
+            height / self.reduction.max(1),
+            width / self.reduction.max(1),
+        )
+    }
+
+    /// A reduced view must divide the input and belong to a backbone teacher scored alone.
+    fn check_view(&self, preset: &Preset) -> Result<()> {
+        let k = self.reduction;
+        if k == 0 || !preset.height.is_multiple_of(k) || !preset.width.is_multiple_of(k) {
+            bail!(
+                "reduction = {k} does not divide the {}×{} input",
+                preset.width,
+                preset.height
+            );
+        }
+        if k > 1 && (self.teacher != TeacherKind::Backbone || preset.students != 0) {
+            bail!(
+                "reduction = {k}: a reduced view is for a backbone teacher scored alone \
+                 (teacher = \"backbone\", students = 0)"
+            );
         }
         Ok(())
     }
@@ -139,11 +178,15 @@ impl Schedule {
 }
 
 /// Presets compiled into the binary; a path to a `.toml` file works too.
-pub(super) const BUILTIN_PRESETS: [(&str, &str); 8] = [
+pub(super) const BUILTIN_PRESETS: [(&str, &str); 9] = [
     ("edge", include_str!("../../../config/presets/edge.toml")),
     (
         "edge-teacher",
         include_str!("../../../config/presets/edge-teacher.toml"),
+    ),
+    (
+        "edge-map",
+        include_str!("../../../config/presets/edge-map.toml"),
     ),
     (
         "edge-fast",
@@ -192,9 +235,14 @@ impl Preset {
         if preset.whiten_residual && preset.whitening_images == 0 {
             bail!("{origin}: whitening_images = 0, but whiten_residual needs at least one image");
         }
+        let roles: Vec<ScaleRole> = preset.scales.iter().map(|s| s.role).collect();
+        if let Some(output) = ScaleRole::unfed(&roles) {
+            bail!("{origin}: no scale feeds {output} (scales' `role`)");
+        }
         for scale in &preset.scales {
             scale
                 .check_teacher_fields()
+                .and_then(|()| scale.check_view(&preset))
                 .with_context(|| format!("{origin}: scale p = {}", scale.patch_size))?;
             let arch = scale.student_architecture().with_context(|| {
                 format!(
@@ -202,12 +250,13 @@ impl Preset {
                     scale.patch_size
                 )
             })?;
+            let (height, width) = scale.view(preset.height, preset.width);
             arch.output_size(
                 Mode::Image {
                     stride: scale.stride,
                 },
-                preset.height,
-                preset.width,
+                height,
+                width,
             )
             .with_context(|| format!("{origin}: scale p = {}", scale.patch_size))?;
         }

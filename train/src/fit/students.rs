@@ -102,10 +102,14 @@ pub(super) fn teacher_targets(
     let mode = Mode::Image {
         stride: scale.stride,
     };
+    let (view_height, view_width) = scale.view(height, width);
     let (mh, mw) = scale
         .student_architecture()?
-        .output_size(mode, height, width)?;
-    let graph_path = work.join(format!("p{p}-s{}-teacher-raw.onnx", scale.stride));
+        .output_size(mode, view_height, view_width)?;
+    let graph_path = work.join(format!(
+        "{}-teacher-raw.onnx",
+        ustad_core::bundle::scale_name(p, scale.stride, scale.reduction)
+    ));
     let t0 = Instant::now();
     let (teacher, raw) = match scale.teacher {
         TeacherKind::Distilled => {
@@ -129,7 +133,12 @@ pub(super) fn teacher_targets(
             (FitTeacher::Distilled(teacher), raw)
         }
         TeacherKind::Backbone => {
-            let teacher = feature_teacher(options, scale.teacher_nodes.as_deref(), height, width)?;
+            let teacher = feature_teacher(
+                options,
+                scale.teacher_nodes.as_deref(),
+                view_height,
+                view_width,
+            )?;
             save_model(
                 &teacher.graph(spec, scale.stride, (mh, mw), None)?,
                 &graph_path,

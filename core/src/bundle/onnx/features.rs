@@ -39,7 +39,8 @@ pub enum FeatureTeacherError {
     #[error("projection maps {found} channels, the backbone taps give {expected}")]
     ProjectionSize { found: usize, expected: usize },
     #[error(
-        "the taps were measured on {loaded:?} (height, width) inputs, the bundle's are {asked:?}"
+        "the taps were measured on {loaded:?} (height, width) inputs, the bundle's are {asked:?}: \
+         not the same size, nor a whole multiple of it on both sides"
     )]
     InputSize {
         loaded: (usize, usize),
@@ -239,7 +240,10 @@ impl FeatureTeacher {
                 expected: self.channels(),
             });
         }
-        if (input.height, input.width) != (self.height, self.width) {
+        let reduction = input.height / self.height;
+        if reduction == 0
+            || (input.height, input.width) != (self.height * reduction, self.width * reduction)
+        {
             return Err(FeatureTeacherError::InputSize {
                 loaded: (self.height, self.width),
                 asked: (input.height, input.width),
@@ -250,7 +254,7 @@ impl FeatureTeacher {
             unreachable!("load() refused a model without a graph");
         };
         let mut graph = GraphWriter::default();
-        self.pixel_conversion(&mut graph, input);
+        self.pixel_conversion(&mut graph, input, reduction);
         graph.nodes.extend(backbone.node);
         graph.initializers.extend(backbone.initializer);
         let mut concatenated = Vec::with_capacity(self.tap.nodes.len());
@@ -317,8 +321,9 @@ impl FeatureTeacher {
 
     /// The bundle's `(p/255 − m)/s` pixels turned into the backbone's `(p − m_b)/s_b`, which is
     /// the per-channel affine `x · 255 s / s_b + (255 m − m_b) / s_b`, writing the backbone's
-    /// own input name so its first node reads it unchanged.
-    fn pixel_conversion(&self, graph: &mut GraphWriter, input: &InputSpec) {
+    /// own input name so its first node reads it unchanged. With a `reduction` above 1 the
+    /// converted pixels are then downscaled `reduction` times ([`downscale`]).
+    fn pixel_conversion(&self, graph: &mut GraphWriter, input: &InputSpec, reduction: usize) {
         let scale: Vec<f32> = (0..3)
             .map(|c| 255.0 * input.std[c] / self.tap.std[c])
             .collect();
@@ -333,13 +338,113 @@ impl FeatureTeacher {
             "pixels.scaled",
             vec![],
         );
+        if reduction == 1 {
+            graph.node(
+                "Add",
+                &["pixels.scaled", "pixels.shift"],
+                &self.tap.input,
+                vec![],
+            );
+            return;
+        }
         graph.node(
             "Add",
             &["pixels.scaled", "pixels.shift"],
-            &self.tap.input,
+            "pixels.converted",
             vec![],
         );
+        downscale(
+            graph,
+            "pixels.converted",
+            &self.tap.input,
+            reduction,
+            (input.height, input.width),
+        );
     }
+}
+
+/// The `k × k`-times smaller image, as the engine's own resize of a frame would give it: the
+/// triangle (bilinear) filter over `2k` source pixels around each output pixel, renormalised
+/// where it runs past the border (as the `image` crate's `Triangle` resize does). A
+/// depthwise convolution with zero padding, then a constant map of `1 / (weights inside)`.
+/// The engine resizes every frame once, to the bundle's input; a scale with a reduced view
+/// sees that input filtered down in its graph, so one resize serves every scale.
+fn downscale(
+    graph: &mut GraphWriter,
+    input: &str,
+    output: &str,
+    k: usize,
+    (height, width): (usize, usize),
+) {
+    let (weights, pad) = triangle_taps(k);
+    let taps = weights.len();
+    let kernel: Vec<f32> = (0..INPUT_CHANNELS)
+        .flat_map(|_| {
+            weights
+                .iter()
+                .flat_map(|&a| weights.iter().map(move |&b| a * b))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    graph.initializer(
+        "pixels.downscale.weight",
+        &[INPUT_CHANNELS, 1, taps, taps],
+        kernel,
+    );
+    graph.node(
+        "Conv",
+        &[input, "pixels.downscale.weight"],
+        "pixels.downscaled",
+        vec![
+            super::ints("kernel_shape", &[taps, taps]),
+            super::ints("strides", &[k, k]),
+            super::ints("pads", &[pad, pad, pad, pad]),
+            int("group", INPUT_CHANNELS as i64),
+        ],
+    );
+    // Sum of the taps inside the image, per output row and column (separable).
+    let inside = |len: usize| -> Vec<f32> {
+        (0..len / k)
+            .map(|i| {
+                (0..taps)
+                    .filter(|&t| (k * i + t).checked_sub(pad).is_some_and(|j| j < len))
+                    .map(|t| weights[t])
+                    .sum()
+            })
+            .collect()
+    };
+    let (rows, cols) = (inside(height), inside(width));
+    let norm: Vec<f32> = rows
+        .iter()
+        .flat_map(|r| cols.iter().map(move |c| 1.0 / (r * c)))
+        .collect();
+    graph.initializer(
+        "pixels.downscale.norm",
+        &[1, 1, height / k, width / k],
+        norm,
+    );
+    graph.node(
+        "Mul",
+        &["pixels.downscaled", "pixels.downscale.norm"],
+        output,
+        vec![],
+    );
+}
+
+/// The 1-D triangle filter of a `k`-times downscale and its padding: output pixel `i` is
+/// centred on source pixel `k·i + (k − 1)/2` and weighs source pixel `j` by
+/// `max(0, 1 − |j − centre| / k)`; tap `t` reads `j = k·i − pad + t`. Normalised to sum 1.
+pub fn triangle_taps(k: usize) -> (Vec<f32>, usize) {
+    let pad = k / 2;
+    let taps = 2 * pad + k;
+    let weights: Vec<f32> = (0..taps)
+        .map(|t| {
+            let d = t as f32 - pad as f32 - (k as f32 - 1.0) / 2.0;
+            (1.0 - d.abs() / k as f32).max(0.0)
+        })
+        .collect();
+    let sum: f32 = weights.iter().sum();
+    (weights.iter().map(|w| w / sum).collect(), pad)
 }
 
 /// Keeps the nodes (and initialisers) that the outputs `keep` depend on; `Err(name)` names a
@@ -463,6 +568,23 @@ mod tests {
         let row = &m[3 * 8..4 * 8];
         assert!((row[1] - 0.9375).abs() < 1e-6 && (row[2] - 0.0625).abs() < 1e-6);
         assert_eq!(row.iter().filter(|w| **w != 0.0).count(), 2);
+    }
+
+    #[test]
+    fn triangle_taps_are_the_bilinear_downscale_filter() {
+        // Halving: output pixel 0 is centred between source pixels 0 and 1.
+        let (w, pad) = triangle_taps(2);
+        assert_eq!(pad, 1);
+        let expected = [0.125, 0.375, 0.375, 0.125];
+        assert!(
+            w.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{w:?}"
+        );
+        // Fifths: nine taps around source pixel 2, peaking there, symmetric, summing to 1.
+        let (w, pad) = triangle_taps(5);
+        assert_eq!((w.len(), pad), (9, 2));
+        assert!(w[4] > w[3] && (w[0] - w[8]).abs() < 1e-7 && w[0] > 0.0);
+        assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-6);
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub enum ExportError {
     StudentPatchSize { teacher: usize, student: usize },
     #[error("a whitening of {matrix} entries cannot map a layer of {outputs} outputs")]
     WhiteningSize { matrix: usize, outputs: usize },
+    #[error(
+        "a scale with a reduced view (reduction {reduction}) must be a backbone teacher scored alone"
+    )]
+    ReducedView { reduction: usize },
 }
 
 /// Per-channel affine normalisation `(y − mean) / std` of the network output.
@@ -354,6 +358,9 @@ impl TeacherExport<'_> {
 #[derive(Debug, Clone)]
 pub struct ScaleExport<'a> {
     pub stride: usize,
+    /// [`crate::bundle::ScaleSpec::reduction`]: 1 for a scale that sees the whole input.
+    pub reduction: usize,
+    pub role: crate::judge::score::ScaleRole,
     pub teacher: TeacherExport<'a>,
     pub students: &'a [NetworkWeights],
     /// Teacher statistics μ, σ: folded into the teacher graph and recorded in the manifest.
@@ -361,16 +368,17 @@ pub struct ScaleExport<'a> {
     pub calibration: crate::judge::score::Calibration,
 }
 
-/// The ONNX graph of a scale's teacher at `stride` on `input`, its output normalised by `norm`
-/// (folded into its last layer).
+/// The ONNX graph of a scale's teacher at `stride` on `input` reduced `reduction` times, its
+/// output normalised by `norm` (folded into its last layer).
 pub fn teacher_graph(
     teacher: TeacherExport<'_>,
     input: &crate::judge::preprocess::InputSpec,
-    stride: usize,
+    (stride, reduction): (usize, usize),
     norm: &ChannelNorm,
 ) -> Result<pb::ModelProto, ExportError> {
     let mode = Mode::Image { stride };
     match teacher {
+        TeacherExport::Network(_) if reduction != 1 => Err(ExportError::ReducedView { reduction }),
         TeacherExport::Network(weights) => network_graph(
             weights,
             &GraphSpec {
@@ -386,7 +394,7 @@ pub fn teacher_graph(
             patch_size,
         } => {
             let arch = crate::networks::arch::Architecture::for_patch_size(patch_size)?;
-            let grid = arch.output_size(mode, input.height, input.width)?;
+            let grid = arch.output_size(mode, input.height / reduction, input.width / reduction)?;
             let head = projection.then_normalise(norm);
             Ok(teacher.graph(input, stride, grid, Some(&head))?)
         }
@@ -437,12 +445,24 @@ pub fn write_bundle(
             }
             .into());
         }
-        let teacher_file = format!("p{p}-s{}-teacher.onnx", scale.stride);
-        let model = teacher_graph(scale.teacher, &input, scale.stride, &scale.teacher_norm)?;
+        if scale.reduction != 1 && !scale.students.is_empty() {
+            return Err(ExportError::ReducedView {
+                reduction: scale.reduction,
+            }
+            .into());
+        }
+        let name = crate::bundle::scale_name(p, scale.stride, scale.reduction);
+        let teacher_file = format!("{name}-teacher.onnx");
+        let model = teacher_graph(
+            scale.teacher,
+            &input,
+            (scale.stride, scale.reduction),
+            &scale.teacher_norm,
+        )?;
         save_model(&model, &dir.join(&teacher_file))?;
         let mut student_files = Vec::new();
         for (i, student) in scale.students.iter().enumerate() {
-            let file = format!("p{p}-s{}-student{i}.onnx", scale.stride);
+            let file = format!("{name}-student{i}.onnx");
             save_model(
                 &student_graph(student, &input, scale.stride)?,
                 &dir.join(&file),
@@ -453,6 +473,8 @@ pub fn write_bundle(
             patch_size: p,
             stride: scale.stride,
             student_channel_divisor: scale.students.first().map_or(1, |s| s.channel_divisor),
+            reduction: scale.reduction,
+            role: scale.role,
             teacher: teacher_file,
             students: student_files,
             int8: None,
