@@ -120,12 +120,6 @@ impl ScaleSpec {
         self.stride * self.reduction
     }
 
-    /// The scale's name in file names and network labels: `p65-s8`, or `p65-s8-r4` for a
-    /// reduced view.
-    pub fn name(&self) -> String {
-        scale_name(self.patch_size, self.stride, self.reduction)
-    }
-
     /// The prefix of its networks' labels (`p65/teacher`, `p65-r4/teacher`).
     pub fn label(&self) -> String {
         scale_label(self.patch_size, self.reduction)
@@ -137,7 +131,8 @@ impl ScaleSpec {
     }
 }
 
-/// [`ScaleSpec::name`] from its parts, for the trainer before a spec exists.
+/// A scale's name in its network file names: `p65-s8`, or `p65-s8-r4` for a reduced view.
+/// The exporter and the trainer's work files build it from the parts before a spec exists.
 pub fn scale_name(patch_size: usize, stride: usize, reduction: usize) -> String {
     if reduction == 1 {
         format!("p{patch_size}-s{stride}")
