@@ -8,10 +8,18 @@ On one bundle, in one run, with the same threads throughout:
 
 and prints the ratios int8 / f32 and ustad / ORT. Shared CI machines make absolute times
 meaningless, so nothing is compared with a stored figure; the step fails only on a gross
-regression measured within the run: int8 slower than --max-int8-ratio × f32 (int8 runs at
-about 0.8× f32 here; 1.5× catches a fallback to generic kernels, as the release profile once
-had, and the unfused per-channel requantisation that put it at 2.1×: issue 13), or ustad
-slower than --max-ort-ratio × ONNX Runtime. The raw JSON of both tools is written under --out.
+regression measured within the run: int8 slower than --max-int8-ratio × f32 (int8 ran at
+0.8× f32 on the machine issue 13 was measured on; 1.5× catches a fallback to generic kernels, as the release
+profile once had, and the unfused per-channel requantisation that put it at 2.1×: issue 13), or
+ustad slower than --max-ort-ratio × ONNX Runtime. The raw JSON of both tools is written under
+--out.
+
+The int8 gate needs a CPU with an int8 dot-product instruction (x86 AVX-512 VNNI, AVX-VNNI or
+AMX; ARM dotprod), the ones tract's int8 kernels are built on. Without one (an AVX2-only x86,
+such as session 17's AMD EPYC) tract widens each byte to 16 bits and multiplies lane by lane:
+its int8 matrix products ran at 0.5 GMAC/s there (`examples/profile_network.rs` names the kernel
+of each), and CI's run of session 16's commit measured an `edge` int8 frame at 52× f32. That is the CPU, not a regression, and `ustad bench` recommends f32 on
+it, so there the ratio is printed and not gated.
 
 Only the Python standard library is needed (ort_compare.sh brings its own venv).
 """
@@ -44,6 +52,23 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+def int8_dot_product(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The int8 dot-product instruction set this CPU offers tract's kernels, or None."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    for flag in ("amx_int8", "avx512_vnni", "avx_vnni", "asimddp"):
+        if flag in flags:
+            return flag
+    return None
+
+
 def run_json(cmd: list[str]) -> dict:
     print("+", " ".join(cmd), file=sys.stderr, flush=True)
     env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
@@ -70,13 +95,16 @@ def main() -> int:
     ort_ratio = ort["ratio_ustad_frame_to_ort_networks"]
 
     int8_ratio = ms["int8"] / ms["f32"]
+    dot_product = int8_dot_product()
+    int8_gate = (f"fails above {args.max_int8_ratio}; {dot_product}" if dot_product else
+                 "not gated: this CPU has no int8 dot-product instruction")
     print(f"bundle {args.bundle}, {args.threads} threads, median of {args.runs} frames")
     print(f"  f32 frame   {ms['f32']:8.1f} ms ({1000 / ms['f32']:.1f} frames/s)")
     print(f"  int8 frame  {ms['int8']:8.1f} ms")
-    print(f"  int8 / f32  {int8_ratio:8.2f}   (fails above {args.max_int8_ratio})")
+    print(f"  int8 / f32  {int8_ratio:8.2f}   ({int8_gate})")
     print(f"  ustad / ORT {ort_ratio:8.2f}   (fails above {args.max_ort_ratio})")
     failures = []
-    if int8_ratio > args.max_int8_ratio:
+    if dot_product and int8_ratio > args.max_int8_ratio:
         failures.append(f"int8 is {int8_ratio:.2f}x f32")
     if ort_ratio > args.max_ort_ratio:
         failures.append(f"ustad is {ort_ratio:.2f}x ONNX Runtime")

@@ -54,7 +54,7 @@ fn main() -> Result<()> {
             let outputs = eval(session, op_state, node, inputs);
             let entry = per_node
                 .entry(node.id)
-                .or_insert_with(|| (format!("{} ({})", node.name, node.op.name()), Vec::new()));
+                .or_insert_with(|| (describe(node), Vec::new()));
             entry.1.push(t.elapsed());
             outputs
         })?;
@@ -78,6 +78,17 @@ fn main() -> Result<()> {
         println!("  {time:8.3} ms {share:5.1} %  {name}");
     }
     Ok(())
+}
+
+/// The node's name and op, with what the op says of itself (for a matrix product: the kernel
+/// tract picked, which shows a fallback to generic kernels on a CPU it has none for).
+fn describe(node: &TypedNode) -> String {
+    let info = node.op.info().unwrap_or_default().join("; ");
+    if info.is_empty() {
+        format!("{} ({})", node.name, node.op.name())
+    } else {
+        format!("{} ({}: {info})", node.name, node.op.name())
+    }
 }
 
 fn ms(d: Duration) -> f64 {
