@@ -333,6 +333,9 @@ fn without_students_the_bundle_scores_the_whitened_teacher_alone() {
 
 /// `DEEP_TRAILING` seen as a 32² view of the 64² input, feeding the image score only.
 const DEEP_TRAILING_REDUCED_SCORE: &str = r#"{ patch_size = 33, stride = 4, teacher = "backbone", teacher_nodes = ["res4", "res10", "res12"], teacher_components = "trailing", reduction = 2, role = "score" }"#;
+/// A second 32² view, at stride 2, also feeding the score: `edge-map` judges on
+/// two views. (A 16² view of this 64² input left the whitening a residual of no energy.)
+const SECOND_REDUCED_SCORE: &str = r#"{ patch_size = 33, stride = 2, teacher = "backbone", teacher_nodes = ["res4", "res10", "res12"], teacher_components = "trailing", reduction = 2, role = "score" }"#;
 /// `DEEP_TRAILING` at the full input, feeding the anomaly map only.
 const DEEP_TRAILING_MAP: &str = r#"{ patch_size = 33, stride = 4, teacher = "backbone", teacher_nodes = ["res4", "res10", "res12"], teacher_components = "trailing", role = "map" }"#;
 
@@ -364,23 +367,29 @@ fn calibrated_map(
 }
 
 #[test]
-fn a_reduced_view_judges_the_part_and_the_full_view_maps_it() {
+fn two_reduced_views_judge_the_part_and_the_full_view_maps_it() {
     use ustad_core::engine::{Engine, EngineOptions};
     use ustad_core::judge::decide::ImageScorer;
     use ustad_core::judge::score::ScaleRole;
 
     let dir = tempfile::tempdir().unwrap();
-    let scales = format!("{DEEP_TRAILING_REDUCED_SCORE}, {DEEP_TRAILING_MAP}");
+    let scales =
+        format!("{DEEP_TRAILING_REDUCED_SCORE}, {DEEP_TRAILING_MAP}, {SECOND_REDUCED_SCORE}");
     let (options, _, files) = tiny_backbone_fit(dir.path(), 0, &scales);
     let bundle = Bundle::load(&options.out).unwrap();
-    let (coarse, fine) = (&bundle.manifest.scales[0], &bundle.manifest.scales[1]);
+    let [coarse, fine, coarsest] = &bundle.manifest.scales[..] else {
+        panic!("three scales expected");
+    };
     assert_eq!((coarse.reduction, coarse.role), (2, ScaleRole::Score));
     assert_eq!((fine.reduction, fine.role), (1, ScaleRole::Map));
+    assert_eq!((coarsest.reduction, coarsest.role), (2, ScaleRole::Score));
     assert_eq!(coarse.teacher, "p33-s4-r2-teacher.onnx");
     assert_eq!(fine.teacher, "p33-s4-teacher.onnx");
+    assert_eq!(coarsest.teacher, "p33-s2-r2-teacher.onnx");
     // The coarse grid is the 32² view's at stride 4, cells 8 input pixels apart.
     assert_eq!(bundle.map_size(0), Some((8, 8)));
     assert_eq!(bundle.map_size(1), Some((16, 16)));
+    assert_eq!(bundle.map_size(2), Some((16, 16)));
 
     let input = ustad_core::judge::preprocess::to_input(
         &image::open(&files[0]).unwrap(),
@@ -388,23 +397,35 @@ fn a_reduced_view_judges_the_part_and_the_full_view_maps_it() {
     );
     let side = 64;
 
-    // The engine scores the coarse scale alone and maps the fine scale alone.
+    // The engine scores the mean of the two coarse views and maps the fine scale alone.
     let rule = bundle.manifest.image_score;
     let mut engine = Engine::load(bundle, EngineOptions::default()).unwrap();
     let analysis = engine.analyze_input(&input).unwrap();
     let (score, map) = (analysis.score, analysis.map.to_vec());
     let coarse_map = calibrated_map(&engine, 0, (side, side));
     let fine_map = calibrated_map(&engine, 1, (side, side));
-    let expected = ImageScorer::new(rule, side, side).score(&coarse_map);
+    let coarsest_map = calibrated_map(&engine, 2, (side, side));
+    let views: Vec<f32> = coarse_map
+        .iter()
+        .zip(&coarsest_map)
+        .map(|(a, b)| (a + b) / 2.0)
+        .collect();
+    let mut scorer = ImageScorer::new(rule, side, side);
+    let expected = scorer.score(&views);
     assert!(
         (score - expected).abs() <= 1e-5 * expected.abs().max(1.0),
         "{score} vs {expected}"
     );
-    let mixed = ImageScorer::new(rule, side, side).score(&fine_map);
-    assert!(
-        (score - mixed).abs() > 1e-3,
-        "the map scale leaked into the score"
-    );
+    for (name, alone) in [
+        ("the map scale", &fine_map),
+        ("one view alone", &coarse_map),
+    ] {
+        let other = scorer.score(alone);
+        assert!(
+            (score - other).abs() > 1e-3,
+            "{name} gives the score ({score} vs {other})"
+        );
+    }
     let worst = map
         .iter()
         .zip(&fine_map)
