@@ -9,7 +9,8 @@
 #   scripts/view_sweep.sh r5r10 5,10
 #
 # Environment: USTAD_TRAIN, USTAD (release binaries; default target/release), DATA (default
-# ../shared/data/mtd), WORK (default /tmp/ustad-view-sweep).
+# ../shared/data/mtd), WORK (default /tmp/ustad-view-sweep), FIT_ARGS (more `fit` options,
+# e.g. "--validation-fraction 0.5").
 set -euo pipefail
 name=$1 reductions=$2 seed=${3:-0}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,7 +33,7 @@ preset="$work/$name.toml"
     sed -n '/^\[image_score\]/,$p' "$base"
 } > "$preset"
 rm -rf "${work:?}/$name"
-"$train" fit --data "$data" --out "$work/$name" --preset "$preset" --seed "$seed" \
+"$train" fit --data "$data" --out "$work/$name" --preset "$preset" --seed "$seed" ${FIT_ARGS:-} \
     > "$work/$name.fit.log" 2>&1 || { tail -5 "$work/$name.fit.log"; exit 1; }
 "$ustad" eval --bundle "$work/$name" --data "$data" --threads 2 2>/dev/null > "$work/$name.eval.txt"
 pick() { grep -m1 "$1" "$work/$name.eval.txt" | tr -s ' ' | sed 's/^ //'; }
