@@ -15,12 +15,13 @@ ustad slower than --max-ort-ratio × ONNX Runtime. The raw JSON of both tools is
 --out.
 
 The int8 gate needs a CPU with an int8 dot-product instruction (x86 AVX-512 VNNI, AVX-VNNI or
-AMX; ARM dotprod). Without one, tract's AVX2 int8 kernel widens each byte to 16 bits and
-multiplies lane by lane, and what that costs depends on the CPU: int8 was 0.84× f32 on the
-machine issue 13 was closed on, while on session 17's AMD EPYC (AVX2, no VNNI) the same kernel
-ran at 0.5 GMAC/s in release and dev builds alike (`examples/profile_network.rs` names each
-node's kernel) and CI measured an `edge` int8 frame at 52× f32. That is not a regression of
-ours, and `ustad bench` recommends f32 there, so on such a CPU the ratio is printed, not gated.
+AMX; ARM dotprod). Without one, tract falls back to its AVX2 int8 kernel, which widens each
+byte to 16 bits and multiplies lane by lane. On session 17's AMD EPYC (AVX2, no AVX-512 or
+VNNI) that kernel ran at 0.5 GMAC/s in release and dev builds alike
+(`examples/profile_network.rs` names each node's kernel), and CI measured an `edge` int8 frame
+at 52× f32; on the machine issue 13 was closed on (also an AMD EPYC, its instruction set not
+recorded) int8 was 0.84× f32. The slow case is not a regression of ours, and `ustad bench`
+recommends f32 there, so on such a CPU the ratio is printed, not gated.
 
 Only the Python standard library is needed (ort_compare.sh brings its own venv).
 """
