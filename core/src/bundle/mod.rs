@@ -115,6 +115,13 @@ impl ScaleSpec {
         *reduction == 1
     }
 
+    /// Whether a view reduced `reduction` times fits a `height × width` input: a whole number
+    /// of input pixels on each side of every view pixel. The bundle loader and the trainer's
+    /// preset loader both refuse a reduction that does not.
+    pub fn reduction_divides(reduction: usize, height: usize, width: usize) -> bool {
+        reduction > 0 && height.is_multiple_of(reduction) && width.is_multiple_of(reduction)
+    }
+
     /// Input pixels between two cells of the scale's map.
     pub fn map_stride(&self) -> usize {
         self.stride * self.reduction
@@ -434,7 +441,7 @@ impl Bundle {
                 .student_architecture()
                 .map_err(|e| field(at("student_channel_divisor"), e.to_string()))?;
             let k = scale.reduction;
-            if k == 0 || !m.input.height.is_multiple_of(k) || !m.input.width.is_multiple_of(k) {
+            if !ScaleSpec::reduction_divides(k, m.input.height, m.input.width) {
                 return Err(field(
                     at("reduction"),
                     format!(

@@ -70,7 +70,7 @@ impl PresetScale {
     /// A reduced view must divide the input and belong to a backbone teacher scored alone.
     fn check_view(&self, preset: &Preset) -> Result<()> {
         let k = self.reduction;
-        if k == 0 || !preset.height.is_multiple_of(k) || !preset.width.is_multiple_of(k) {
+        if !ustad_core::bundle::ScaleSpec::reduction_divides(k, preset.height, preset.width) {
             bail!(
                 "reduction = {k} does not divide the {}×{} input",
                 preset.width,
