@@ -377,15 +377,15 @@ fn two_reduced_views_judge_the_part_and_the_full_view_maps_it() {
         format!("{DEEP_TRAILING_REDUCED_SCORE}, {DEEP_TRAILING_MAP}, {SECOND_REDUCED_SCORE}");
     let (options, _, files) = tiny_backbone_fit(dir.path(), 0, &scales);
     let bundle = Bundle::load(&options.out).unwrap();
-    let [coarse, fine, coarsest] = &bundle.manifest.scales[..] else {
+    let [coarse, fine, second] = &bundle.manifest.scales[..] else {
         panic!("three scales expected");
     };
     assert_eq!((coarse.reduction, coarse.role), (2, ScaleRole::Score));
     assert_eq!((fine.reduction, fine.role), (1, ScaleRole::Map));
-    assert_eq!((coarsest.reduction, coarsest.role), (2, ScaleRole::Score));
+    assert_eq!((second.reduction, second.role), (2, ScaleRole::Score));
     assert_eq!(coarse.teacher, "p33-s4-r2-teacher.onnx");
     assert_eq!(fine.teacher, "p33-s4-teacher.onnx");
-    assert_eq!(coarsest.teacher, "p33-s2-r2-teacher.onnx");
+    assert_eq!(second.teacher, "p33-s2-r2-teacher.onnx");
     // The coarse grid is the 32² view's at stride 4, cells 8 input pixels apart.
     assert_eq!(bundle.map_size(0), Some((8, 8)));
     assert_eq!(bundle.map_size(1), Some((16, 16)));
@@ -404,10 +404,10 @@ fn two_reduced_views_judge_the_part_and_the_full_view_maps_it() {
     let (score, map) = (analysis.score, analysis.map.to_vec());
     let coarse_map = calibrated_map(&engine, 0, (side, side));
     let fine_map = calibrated_map(&engine, 1, (side, side));
-    let coarsest_map = calibrated_map(&engine, 2, (side, side));
+    let second_map = calibrated_map(&engine, 2, (side, side));
     let views: Vec<f32> = coarse_map
         .iter()
-        .zip(&coarsest_map)
+        .zip(&second_map)
         .map(|(a, b)| (a + b) / 2.0)
         .collect();
     let mut scorer = ImageScorer::new(rule, side, side);
