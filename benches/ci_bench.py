@@ -8,11 +8,10 @@ On one bundle, in one run, with the same threads throughout:
 
 and prints the ratios int8 / f32 and ustad / ORT. Shared CI machines make absolute times
 meaningless, so nothing is compared with a stored figure; the step fails only on a gross
-regression measured within the run: int8 slower than --max-int8-ratio × f32 (int8 ran at
-0.8× f32 on the machine issue 13 was measured on; 1.5× catches a fallback to generic kernels, as the release
-profile once had, and the unfused per-channel requantisation that put it at 2.1×: issue 13), or
-ustad slower than --max-ort-ratio × ONNX Runtime. The raw JSON of both tools is written under
---out.
+regression measured within the run: int8 slower than --max-int8-ratio × f32 (1.5× catches a
+fallback to generic kernels, as the release profile once had, and the unfused per-channel
+requantisation that put it at 2.1×: issue 13), or ustad slower than --max-ort-ratio × ONNX
+Runtime. The raw JSON of both tools is written under --out.
 
 The int8 gate needs a CPU with an int8 dot-product instruction (x86 AVX-512 VNNI, AVX-VNNI or
 AMX; ARM dotprod). Without one, tract falls back to its AVX2 int8 kernel, which widens each
