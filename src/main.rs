@@ -135,15 +135,23 @@ fn score(
                 continue;
             }
         };
-        match engine.analyze(&image) {
-            Ok(analysis) => {
+        // The map costs a pass of its own networks in some bundles: drawn only when asked for.
+        let judged = engine.judge(&image).and_then(|judgement| {
+            if heatmaps.is_some() {
+                engine.map()?;
+            }
+            Ok(judgement)
+        });
+        match judged {
+            Ok(judgement) => {
                 println!(
                     "{}\t{:.4}\t{}",
                     file.display(),
-                    analysis.score,
-                    analysis.verdict
+                    judgement.score,
+                    judgement.verdict
                 );
                 if let Some(dir) = heatmaps {
+                    let analysis = engine.map()?;
                     let overlay = heatmap::overlay_at_threshold(
                         analysis.input,
                         analysis.map,

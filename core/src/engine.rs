@@ -4,6 +4,12 @@
 //! [`TypedSimpleState`], so a frame costs only tract's own work: the networks of all scales run
 //! in parallel on a dedicated thread pool, and the error/variance/fusion/score buffers are
 //! allocated once at load and reused.
+//!
+//! A frame is judged in two passes. [`Engine::judge`] runs the scales that feed the image score
+//! and gives the verdict; [`Engine::map`] runs the scales that only draw the anomaly map, on the
+//! same input, when someone wants to see it. A bundle that judges on small views and maps on a
+//! large one (`edge-map`) so decides in the time of its small views, and the daemon draws the
+//! large map only for the parts it rejects, after the actuator has its verdict.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -171,6 +177,32 @@ struct ScaleState {
     score: Vec<f32>,
 }
 
+/// Which networks a pass runs: those of the scales that feed the image score, or those of the
+/// scales that feed only the anomaly map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Judge,
+    Map,
+}
+
+impl Pass {
+    fn of(role: ScaleRole) -> Self {
+        if role.scores() {
+            Self::Judge
+        } else {
+            Self::Map
+        }
+    }
+}
+
+/// The verdict on one frame, before the scales that only map it have run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Judgement {
+    /// Image score (see [`crate::judge::decide`]).
+    pub score: f32,
+    pub verdict: Verdict,
+}
+
 /// The result of one frame, borrowed from the engine's buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct Analysis<'a> {
@@ -217,9 +249,15 @@ pub struct Engine {
     scorer: ImageScorer,
     /// Runs the networks side by side, one per thread.
     pool: rayon::ThreadPool,
-    /// Threads inside each network: those the one-network-per-thread schedule would leave
-    /// idle, so a bundle of one teacher alone still uses every core.
-    kernels: Executor,
+    /// Threads inside each network of the judging pass: those the one-network-per-thread
+    /// schedule would leave idle, so a bundle of one teacher alone still uses every core.
+    judge_kernels: Executor,
+    /// The same for the mapping pass, which runs fewer networks.
+    map_kernels: Executor,
+    /// The last judged frame's map-only scales have not run yet ([`Engine::map`] runs them).
+    map_pending: bool,
+    /// The last judged frame's image score (NaN when it could not be judged).
+    score: f32,
 }
 
 impl std::fmt::Debug for Engine {
@@ -325,7 +363,15 @@ impl Engine {
             .thread_name(|i| format!("ustad-infer-{i}"))
             .build()
             .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
-        let kernels = kernel_executor(threads / networks.len().max(1))?;
+        let pass_networks = |pass: Pass| -> usize {
+            scales
+                .iter()
+                .filter(|s: &&ScaleState| Pass::of(s.role) == pass)
+                .map(|s| s.networks.len())
+                .sum()
+        };
+        let judge_kernels = kernel_executor(threads / pass_networks(Pass::Judge).max(1))?;
+        let map_kernels = kernel_executor(threads / pass_networks(Pass::Map).max(1))?;
         let input =
             Arc::new(
                 Tensor::zero::<f32>(&input_shape).map_err(|e| EngineError::Model {
@@ -350,7 +396,10 @@ impl Engine {
             scales,
             scorer,
             pool,
-            kernels,
+            judge_kernels,
+            map_kernels,
+            map_pending: false,
+            score: f32::NAN,
         })
     }
 
@@ -381,25 +430,43 @@ impl Engine {
         self.threshold = threshold;
     }
 
-    /// Judges one image: resize (once; [`Analysis::input`] and [`Engine::judged_image`] keep
-    /// the result), normalise, run, score.
+    /// Judges one image and draws its whole anomaly map: [`Engine::judge`] then
+    /// [`Engine::map`].
     pub fn analyze(&mut self, image: &DynamicImage) -> Result<Analysis<'_>, EngineError> {
+        self.judge(image)?;
+        self.map()
+    }
+
+    /// Judges one image: resize (once; [`Analysis::input`] and [`Engine::judged_image`] keep
+    /// the result), normalise, run the scales that feed the image score, score. The scales
+    /// that only map wait for [`Engine::map`].
+    pub fn judge(&mut self, image: &DynamicImage) -> Result<Judgement, EngineError> {
+        self.map_pending = false;
+        self.score = f32::NAN;
         let spec = self.bundle.manifest.input.clone();
         let rgb = preprocess::resize_rgb(image, &spec);
         let filled = self.fill_input(|buffer| preprocess::normalise_into(&rgb, &spec, buffer));
         self.judged = Arc::new(rgb);
         filled?;
-        self.run_current_input()
+        self.judge_current_input()
     }
-
     /// The frame the last [`Engine::analyze`] judged, at the input resolution, also when the
     /// networks then failed (a failed part is still shown and archived as it was seen).
     pub fn judged_image(&self) -> &Arc<RgbImage> {
         &self.judged
     }
 
-    /// Judges an already normalised CHW input of the bundle's size.
+    /// Judges an already normalised CHW input of the bundle's size and draws its whole map.
     pub fn analyze_input(&mut self, input: &[f32]) -> Result<Analysis<'_>, EngineError> {
+        self.judge_input(input)?;
+        self.map()
+    }
+
+    /// Judges an already normalised CHW input of the bundle's size; the map waits for
+    /// [`Engine::map`].
+    pub fn judge_input(&mut self, input: &[f32]) -> Result<Judgement, EngineError> {
+        self.map_pending = false;
+        self.score = f32::NAN;
         let (height, width) = self.input_size();
         if input.len() != 3 * height * width {
             return Err(EngineError::InputSize {
@@ -409,7 +476,37 @@ impl Engine {
         }
         self.fill_input(|buffer| buffer.copy_from_slice(input))?;
         self.judged = Arc::new(RgbImage::new(0, 0));
-        self.run_current_input()
+        self.judge_current_input()
+    }
+
+    /// Whether the last judged frame's map still needs its own networks: [`Engine::map`] then
+    /// costs a pass of them, otherwise nothing.
+    pub fn map_pending(&self) -> bool {
+        self.map_pending
+    }
+
+    /// The last judged frame's anomaly map, running the map-only scales first if they have not
+    /// run on it yet. Before any frame was judged the map is all zeros.
+    pub fn map(&mut self) -> Result<Analysis<'_>, EngineError> {
+        if self.map_pending {
+            self.map_pending = false;
+            self.run_pass(Pass::Map)?;
+            // A map fed by other scales than the score is checked on its own: a broken map
+            // must be as visible as a broken score.
+            if self.fused.iter().any(|v| v.is_nan()) {
+                return Err(EngineError::NotFinite);
+            }
+        }
+        let (height, width) = self.input_size();
+        let score = self.score;
+        Ok(Analysis {
+            score,
+            verdict: Verdict::from_score(score, self.threshold),
+            map: &self.fused,
+            width,
+            height,
+            input: &self.judged,
+        })
     }
 
     /// Raw error and variance maps of every scale for the last analysed frame.
@@ -468,27 +565,63 @@ impl Engine {
         Ok(())
     }
 
-    fn run_current_input(&mut self) -> Result<Analysis<'_>, EngineError> {
-        let input = TValue::from_const(self.input.clone());
-        let (networks, kernels) = (&mut self.networks, &self.kernels);
-        self.pool.install(|| {
-            networks
-                .par_iter_mut()
-                .try_for_each(|n| multithread_tract_scope(kernels.clone(), || n.run(&input)))
-        })?;
-        drop(input);
-
+    /// Clears the maps, runs the judging pass and scores it; the mapping pass is left pending.
+    fn judge_current_input(&mut self) -> Result<Judgement, EngineError> {
+        self.score = f32::NAN;
         self.fused.fill(0.0);
         if let Some(map) = &mut self.score_map {
             map.fill(0.0);
         }
+        for scale in self.scales.iter().filter(|s| Pass::of(s.role) == Pass::Map) {
+            for runner in &mut self.networks[scale.networks.clone()] {
+                runner.elapsed = Duration::ZERO;
+            }
+        }
+        self.run_pass(Pass::Judge)?;
+        let score = self
+            .scorer
+            .score(self.score_map.as_deref().unwrap_or(&self.fused));
+        if score.is_nan() {
+            return Err(EngineError::NotFinite);
+        }
+        self.score = score;
+        self.map_pending = self.scales.iter().any(|s| Pass::of(s.role) == Pass::Map);
+        Ok(Judgement {
+            score,
+            verdict: Verdict::from_score(score, self.threshold),
+        })
+    }
+
+    /// Runs the networks of `pass`'s scales side by side on the current input and adds their
+    /// calibrated maps to the outputs they feed.
+    fn run_pass(&mut self, pass: Pass) -> Result<(), EngineError> {
+        let input = TValue::from_const(self.input.clone());
+        let in_pass: Vec<bool> = self
+            .scales
+            .iter()
+            .flat_map(|s| std::iter::repeat_n(Pass::of(s.role) == pass, s.networks.len()))
+            .collect();
+        let kernels = match pass {
+            Pass::Judge => &self.judge_kernels,
+            Pass::Map => &self.map_kernels,
+        };
+        let networks = &mut self.networks;
+        self.pool.install(|| {
+            networks
+                .par_iter_mut()
+                .zip(in_pass)
+                .filter(|(_, runs)| *runs)
+                .try_for_each(|(n, _)| multithread_tract_scope(kernels.clone(), || n.run(&input)))
+        })?;
+        drop(input);
+
         let (height, width) = self.input_size();
         let count = |feeds: fn(ScaleRole) -> bool| {
             self.scales.iter().filter(|s| feeds(s.role)).count().max(1) as f32
         };
         let (map_weight, score_weight) =
             (1.0 / count(ScaleRole::maps), 1.0 / count(ScaleRole::scores));
-        for scale in &mut self.scales {
+        for scale in self.scales.iter_mut().filter(|s| Pass::of(s.role) == pass) {
             let runners = &self.networks[scale.networks.clone()];
             let teacher = runners[0].output();
             let students: Vec<&[f32]> = runners[1..].iter().map(|r| r.output()).collect();
@@ -529,21 +662,6 @@ impl Engine {
                 );
             }
         }
-        let score = self
-            .scorer
-            .score(self.score_map.as_deref().unwrap_or(&self.fused));
-        // A map fed by other scales than the score is checked on its own: a broken map must
-        // stop the part as surely as a broken score.
-        if score.is_nan() || (self.score_map.is_some() && self.fused.iter().any(|v| v.is_nan())) {
-            return Err(EngineError::NotFinite);
-        }
-        Ok(Analysis {
-            score,
-            verdict: Verdict::from_score(score, self.threshold),
-            map: &self.fused,
-            width,
-            height,
-            input: &self.judged,
-        })
+        Ok(())
     }
 }

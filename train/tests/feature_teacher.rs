@@ -433,6 +433,33 @@ fn two_reduced_views_judge_the_part_and_the_full_view_maps_it() {
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-5, "map differs from the fine scale's by {worst}");
 
+    // Judging runs the two views alone; the map scale waits for `map`, which draws the same
+    // map as a whole analysis. Another image in between would show through any stale buffer.
+    let other = ustad_core::judge::preprocess::to_input(
+        &image::open(&files[1]).unwrap(),
+        &engine.bundle().manifest.input,
+    );
+    let other_score = engine.judge_input(&other).unwrap().score;
+    assert!(engine.map_pending());
+    let judged = engine.judge_input(&input).unwrap();
+    assert_eq!(judged.score, score);
+    let idle: Vec<&str> = engine
+        .network_timings()
+        .into_iter()
+        .filter(|(_, t)| t.is_zero())
+        .map(|(label, _)| label)
+        .collect();
+    assert_eq!(
+        idle,
+        [engine.network_timings()[1].0],
+        "only the map scale waits"
+    );
+    let drawn = engine.map().unwrap();
+    assert_eq!((drawn.score, drawn.map), (score, &map[..]));
+    assert!(!engine.map_pending());
+    assert!(engine.network_timings().iter().all(|(_, t)| !t.is_zero()));
+    assert_eq!(engine.analyze_input(&other).unwrap().score, other_score);
+
     // A manifest edited into a geometry or roles the engine cannot run is refused by name.
     let manifest = options.out.join("bundle.toml");
     let text = std::fs::read_to_string(&manifest).unwrap();
