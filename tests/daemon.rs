@@ -493,6 +493,72 @@ fn source_errors_reconnect_gaps_and_stale_frames() {
     assert!(notifier.count(&Notification::Watchdog) >= 4);
 }
 
+/// A bundle that judges on small views and maps on a large one (`models/bundles/mtd-edge-map`):
+/// the daemon decides from the views, then draws the large map for a rejected part only while no
+/// part waits, so the map never makes the next part late; skipped maps are counted.
+#[test]
+fn deferred_maps_are_drawn_for_rejects_only_while_no_part_waits() {
+    let s = setup();
+    let bundle = repo("models/bundles/mtd-edge-map");
+    let cfg_path = s.root.join("daemon.toml");
+    // Every part is rejected: the test is about which rejects get their map.
+    let text = config_text(&s, &s.root, "threshold = 0.001", "").replace(
+        &s.bundle.display().to_string(),
+        &bundle.display().to_string(),
+    );
+    std::fs::write(&cfg_path, text).expect("config");
+    let clock = ManualClock::new(Timestamp::from_millis(5_000));
+    let notifier = Arc::new(RecordingNotifier::new());
+    // Two parts with the line idle after each, then a burst of six.
+    let idle = Duration::from_millis(1500);
+    let mut script = vec![
+        Step::Frame(0),
+        Step::Pause(idle),
+        Step::Frame(1),
+        Step::Pause(idle),
+    ];
+    script.extend((2..8).map(Step::Frame));
+    let opts = scripted_options(&clock, &notifier, script);
+    let mut daemon = Daemon::start(&cfg_path, opts).expect("start");
+    let summary = daemon.wait().expect("run");
+
+    let records = read_records(&s.root.join("archive")).expect("archive");
+    assert_eq!(records.len(), 8, "{records:#?}");
+    let spec = ustad_core::bundle::Bundle::load(&bundle)
+        .expect("bundle")
+        .manifest
+        .input;
+    let plain = ustad_core::judge::preprocess::resize_rgb(&common::test_image(64, 48), &spec);
+    let has_map: Vec<bool> = records
+        .iter()
+        .map(|r| {
+            assert_eq!(r.verdict, "reject", "{r:?}");
+            let file = s
+                .root
+                .join("archive")
+                .join(r.image.as_ref().expect("overlay"));
+            let overlay = image::open(&file).expect("png").to_rgb8();
+            assert_eq!(overlay.dimensions(), plain.dimensions(), "{r:?}");
+            overlay != plain
+        })
+        .collect();
+    assert!(
+        has_map[0] && has_map[1],
+        "idle line, maps drawn: {has_map:?}"
+    );
+    assert!(
+        has_map[7],
+        "the last part of the burst had no part behind it: {has_map:?}"
+    );
+    let skipped = has_map.iter().filter(|drawn| !**drawn).count() as u64;
+    assert_eq!(summary.maps_skipped, skipped, "{has_map:?}");
+    assert!(
+        skipped >= 1,
+        "a burst of six behind a 640² map: {has_map:?}"
+    );
+    assert_eq!(summary.failsafe(FailReason::OverBudget), 0);
+}
+
 /// Overload on the real clock: frames come every 10 ms, one inference of the trained bundle takes
 /// longer than the 250 ms budget, and the pulse window (300..350 ms after capture) closes before
 /// the engine reaches the second part. Parts waiting for the engine must still get their
@@ -885,7 +951,7 @@ fn check_config_refuses_what_cannot_run() {
     let cases = [
         (
             "bundle",
-            replay.replace("models/bundles/mtd-edge", "models/bundles/absent"),
+            replay.replace("models/bundles/mtd-edge-map", "models/bundles/absent"),
             "model.bundle",
         ),
         (

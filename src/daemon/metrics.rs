@@ -208,6 +208,7 @@ struct Inner {
     reloads: u64,
     reload_failures: u64,
     archive_errors: u64,
+    maps_skipped: u64,
     last_archive_error_at: Option<Instant>,
     /// Why each of the last [`HEALTH_WINDOW`] parts failed safe (`None`: judged).
     recent: std::collections::VecDeque<Option<FailReason>>,
@@ -302,6 +303,11 @@ impl Metrics {
         let mut m = self.lock();
         m.archive_errors += 1;
         m.last_archive_error_at = Some(Instant::now());
+    }
+
+    /// A rejected part's deferred anomaly map was not drawn because parts were waiting.
+    pub fn map_skipped(&self) {
+        self.lock().maps_skipped += 1;
     }
 
     /// A reload was applied (`ok`) or refused.
@@ -444,6 +450,7 @@ impl Metrics {
             reloads: m.reloads,
             reload_failures: m.reload_failures,
             archive_errors: m.archive_errors,
+            maps_skipped: m.maps_skipped,
         }
     }
 
@@ -514,6 +521,11 @@ impl Metrics {
             "ustad_archive_errors_total",
             "Archive writes that failed.",
             m.archive_errors,
+        );
+        counter(
+            "ustad_maps_skipped_total",
+            "Rejected parts whose deferred anomaly map was not drawn because parts were waiting.",
+            m.maps_skipped,
         );
         out.push_str(
             "# HELP ustad_verdicts_total Parts by verdict.\n# TYPE ustad_verdicts_total counter\n",
@@ -610,6 +622,8 @@ pub struct Snapshot {
     pub reload_failures: u64,
     /// Archive write failures.
     pub archive_errors: u64,
+    /// Rejected parts archived without their deferred anomaly map (parts were waiting).
+    pub maps_skipped: u64,
 }
 
 impl Snapshot {

@@ -45,8 +45,8 @@ use crate::actuate::{RejectWorker, Scheduled};
 use crate::capture::{Backoff, CaptureError, Frame, FrameSource};
 use crate::clock::{Clock, Timestamp};
 use crate::config::{ArchiveConfig, ModelConfig, Roi};
-use ustad_core::engine::Engine;
-use ustad_core::judge::decide;
+use ustad_core::engine::{Engine, EngineError, Judgement};
+use ustad_core::judge::decide::{self, Verdict};
 
 use super::archive::{Archive, OverlaySource, PartRecord, Timings};
 use super::metrics::{FailReason, LastPart, LatestFrame, Metrics, PartEvent};
@@ -521,7 +521,10 @@ impl InferenceStage {
                 } => self.judge(part, captured, frame, &live, threshold),
                 Job::Failed(failed) => failed.outcome(self.verdicts.clock.now(), threshold),
             };
-            self.verdicts.finish(outcome, &live);
+            let (outcome, dispatched) = self.verdicts.dispatch(outcome, &live);
+            let mut outcome = outcome;
+            self.draw_deferred_map(&mut outcome);
+            self.verdicts.record(outcome, dispatched);
         }
     }
 
@@ -535,6 +538,49 @@ impl InferenceStage {
                 }
                 EngineUpdate::Threshold(threshold) => self.engine.set_threshold(threshold),
             }
+        }
+    }
+
+    /// The judged frame's anomaly map when judging drew it (every scale that maps also
+    /// judges); empty when it waits for its own networks ([`Self::draw_deferred_map`]).
+    fn ready_map(&mut self) -> Result<(Arc<Vec<f32>>, usize, usize), EngineError> {
+        if self.engine.map_pending() {
+            return Ok((Arc::new(Vec::new()), 0, 0));
+        }
+        let analysis = self.engine.map()?;
+        Ok((
+            Arc::new(analysis.map.to_vec()),
+            analysis.width,
+            analysis.height,
+        ))
+    }
+
+    /// Draws the map that judging left for later (a bundle with map-only scales), after the
+    /// actuator has the verdict: for rejected parts only, whose map says why, and only while
+    /// no part waits, so drawing never makes the next part late.
+    fn draw_deferred_map(&mut self, outcome: &mut Outcome) {
+        if !self.engine.map_pending() || !matches!(outcome.result, Ok(Verdict::Reject)) {
+            return;
+        }
+        if !self.jobs.is_empty() {
+            log::debug!(
+                "part {}: anomaly map not drawn, {} part(s) waiting",
+                outcome.part,
+                self.jobs.len()
+            );
+            self.verdicts.metrics.map_skipped();
+            return;
+        }
+        let drawn = self
+            .engine
+            .map()
+            .map(|a| (Arc::new(a.map.to_vec()), a.width, a.height));
+        match (drawn, &mut outcome.view) {
+            (Ok((map, width, height)), Some(view)) => {
+                (view.1, view.2, view.3) = (map, width, height);
+            }
+            (Ok(_), None) => {}
+            (Err(e), _) => log::warn!("part {}: anomaly map failed: {e}", outcome.part),
         }
     }
 
@@ -582,16 +628,8 @@ impl InferenceStage {
         let started = Instant::now();
         let analysis = self
             .engine
-            .analyze(&DynamicImage::ImageRgb8(region))
-            .map(|a| {
-                (
-                    a.score,
-                    a.verdict,
-                    Arc::new(a.map.to_vec()),
-                    a.width,
-                    a.height,
-                )
-            });
+            .judge(&DynamicImage::ImageRgb8(region))
+            .and_then(|judged| Ok((judged, self.ready_map()?)));
         out.inference = Some(started.elapsed());
         out.decided = self.verdicts.clock.now();
         // The frame as the engine judged it (resized once, there).
@@ -601,7 +639,7 @@ impl InferenceStage {
                 out.view = Some((rgb, Arc::new(Vec::new()), 0, 0));
                 out.result = Err((FailReason::EngineError, e.to_string()));
             }
-            Ok((score, verdict, map, w, h)) => {
+            Ok((Judgement { score, verdict }, (map, w, h))) => {
                 out.score = Some(score);
                 out.view = Some((rgb, map, w, h));
                 let took = out.decided - captured;
@@ -623,6 +661,13 @@ impl InferenceStage {
     }
 }
 
+/// What the actuator was told about a part, and when.
+#[derive(Debug, Clone, Copy)]
+struct Dispatched {
+    verdict: Verdict,
+    commanded: Timestamp,
+}
+
 /// Where every part's verdict goes: the actuator, the metrics, the archive and the log. The
 /// inference thread records the parts it judged, the capture thread the parts it failed safe
 /// because the queue was full; both through [`Verdicts::finish`].
@@ -639,7 +684,14 @@ pub(crate) struct Verdicts {
 
 impl Verdicts {
     /// The one place a part gets its verdict: actuator, metrics, archive, log.
-    fn finish(&self, mut o: Outcome, live: &Live) {
+    fn finish(&self, o: Outcome, live: &Live) {
+        let (o, dispatched) = self.dispatch(o, live);
+        self.record(o, dispatched);
+    }
+
+    /// Gives the actuator the part's verdict (or the fail-safe) and logs it; the outcome comes
+    /// back amended when the scheduler had already failed the part safe.
+    fn dispatch(&self, mut o: Outcome, live: &Live) -> (Outcome, Dispatched) {
         let mut commanded = self.clock.now();
         let submitted = match &o.result {
             Ok(judged) => self
@@ -679,9 +731,6 @@ impl Verdicts {
             }
             Ok(_) => {}
         }
-        let reason = o.result.as_ref().err().map(|(reason, _)| *reason);
-        let to_verdict = o.decided - o.captured;
-        let to_actuator = commanded - o.captured;
         match &o.result {
             Err((reason, detail)) => log::warn!(
                 "part {} ({}): not judged ({reason}: {detail}); fail-safe: {}",
@@ -703,6 +752,14 @@ impl Verdicts {
                 o.score.unwrap_or(f32::NAN)
             ),
         }
+        (o, Dispatched { verdict, commanded })
+    }
+
+    /// Counts the part in the metrics and the live page and sends its record to the archive.
+    fn record(&self, o: Outcome, Dispatched { verdict, commanded }: Dispatched) {
+        let reason = o.result.as_ref().err().map(|(reason, _)| *reason);
+        let to_verdict = o.decided - o.captured;
+        let to_actuator = commanded - o.captured;
         let latest = o.view.as_ref().map(|(image, map, w, h)| LatestFrame {
             image: Arc::clone(image),
             map: Arc::clone(map),
