@@ -68,7 +68,7 @@ fn scores(engine: &mut Engine, files: &[PathBuf]) -> Result<Vec<f32>> {
             let image =
                 image::open(f).with_context(|| format!("{}: unreadable image", f.display()))?;
             Ok(engine
-                .analyze(&image)
+                .judge(&image)
                 .with_context(|| format!("{}: could not be scored", f.display()))?
                 .score)
         })

@@ -56,7 +56,7 @@ struct FitArgs {
     #[arg(long)]
     out: PathBuf,
     /// Built-in preset (edge, edge-teacher, edge-map, edge-fast, edge-shallow, edge-p33, edge-distilled, edge-p65, paper) or a preset .toml file.
-    #[arg(long, default_value = "edge")]
+    #[arg(long, default_value = "edge-map")]
     preset: String,
     /// Folder with the pretrained teachers p17.ustw, p33.ustw, p65.ustw.
     #[arg(long, default_value = "models/teachers")]
@@ -88,10 +88,11 @@ struct FitArgs {
     #[arg(long, default_value_t = 0.1)]
     validation_fraction: f64,
     /// Target false-reject rate on good parts for the threshold.
-    #[arg(long, default_value_t = 0.005)]
+    #[arg(long, default_value_t = 0.01)]
     target_frr: f64,
-    /// Threshold margin: threshold = q + margin · (q − median), q the (1 − FRR) quantile.
-    #[arg(long, default_value_t = 0.1)]
+    /// Threshold margin: threshold = q + margin · (q − median), q the (1 − FRR) quantile
+    /// estimated from the good scores' upper tail.
+    #[arg(long, default_value_t = 0.0)]
     margin: f32,
     /// The part looks the same mirrored left-right: also train on flipped images.
     #[arg(long)]
@@ -121,9 +122,11 @@ struct CalibrateArgs {
     /// Folder of bad parts (reports escapes at the new threshold).
     #[arg(long)]
     bad: Option<PathBuf>,
-    #[arg(long, default_value_t = 0.005)]
+    /// Target false-reject rate on good parts for the threshold.
+    #[arg(long, default_value_t = 0.01)]
     target_frr: f64,
-    #[arg(long, default_value_t = 0.1)]
+    /// Threshold margin, as for `fit`.
+    #[arg(long, default_value_t = 0.0)]
     margin: f32,
     /// Also recompute the e/v calibration statistics from the good images.
     #[arg(long)]

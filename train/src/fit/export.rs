@@ -192,7 +192,7 @@ pub(super) fn calibrate(
     let mut engine = Engine::load(export(&calibrations)?, EngineOptions::default())?;
     let mut scores = Vec::with_capacity(validation.len());
     for input in validation {
-        scores.push(engine.analyze_input(input)?.score);
+        scores.push(engine.judge_input(input)?.score);
         calibrating.inc(1);
     }
     calibrating.finish_and_clear();
