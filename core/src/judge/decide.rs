@@ -203,6 +203,10 @@ fn gaussian_kernel(sigma: f32) -> Vec<f32> {
 }
 
 /// Separable convolution with edge clamping: rows into `scratch`, columns into `out`.
+///
+/// Each pass adds the kernel's taps one at a time over whole rows, so the inner loops run over
+/// contiguous memory and vectorise; every output still sums its taps in kernel order, as the
+/// per-pixel form would.
 fn smooth(
     map: &[f32],
     width: usize,
@@ -212,27 +216,45 @@ fn smooth(
     out: &mut [f32],
 ) {
     let radius = (kernel.len() / 2) as isize;
-    let clamp = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
-    for y in 0..height {
-        let row = &map[y * width..(y + 1) * width];
-        for x in 0..width {
-            scratch[y * width + x] = kernel
-                .iter()
-                .enumerate()
-                .map(|(k, w)| w * row[clamp(x as isize + k as isize - radius, width)])
-                .sum();
+    for (row, smoothed) in map
+        .chunks_exact(width)
+        .zip(scratch.chunks_exact_mut(width))
+        .take(height)
+    {
+        smoothed.fill(0.0);
+        for (k, &weight) in kernel.iter().enumerate() {
+            add_shifted(smoothed, row, k as isize - radius, weight);
         }
     }
     for y in 0..height {
-        for x in 0..width {
-            out[y * width + x] = kernel
-                .iter()
-                .enumerate()
-                .map(|(k, w)| {
-                    w * scratch[clamp(y as isize + k as isize - radius, height) * width + x]
-                })
-                .sum();
+        let smoothed = &mut out[y * width..(y + 1) * width];
+        smoothed.fill(0.0);
+        for (k, &weight) in kernel.iter().enumerate() {
+            let source = (y as isize + k as isize - radius).clamp(0, height as isize - 1) as usize;
+            let source = &scratch[source * width..(source + 1) * width];
+            for (o, &v) in smoothed.iter_mut().zip(source) {
+                *o += weight * v;
+            }
         }
+    }
+}
+
+/// `out[x] += weight · row[clamp(x + shift)]` for every `x`.
+fn add_shifted(out: &mut [f32], row: &[f32], shift: isize, weight: f32) {
+    let n = row.len() as isize;
+    // Outputs whose source lies inside the row: shift + x in [0, n).
+    let start = (-shift).clamp(0, n) as usize;
+    let end = (n - shift).clamp(start as isize, n) as usize;
+    let (first, last) = (row[0], row[row.len() - 1]);
+    for o in &mut out[..start] {
+        *o += weight * first;
+    }
+    let source = &row[(start as isize + shift).clamp(0, n) as usize..];
+    for (o, &v) in out[start..end].iter_mut().zip(source) {
+        *o += weight * v;
+    }
+    for o in &mut out[end..] {
+        *o += weight * last;
     }
 }
 
@@ -284,6 +306,45 @@ mod tests {
         assert!((score - centre * centre).abs() < 1e-6, "{score}");
         let total: f32 = scorer.smoothed().iter().sum();
         assert!((total - 1.0).abs() < 1e-5, "mass {total}");
+    }
+
+    #[test]
+    fn smoothing_equals_the_per_pixel_convolution_bit_for_bit() {
+        // A kernel wider than the map (radius 6 on 5 rows) exercises the clamping on both sides.
+        let (width, height) = (13, 5);
+        let map: Vec<f32> = (0..width * height)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.7)
+            .collect();
+        let kernel = gaussian_kernel(2.0);
+        let radius = (kernel.len() / 2) as isize;
+        let clamp = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
+        let mut rows = vec![0.0f32; map.len()];
+        for y in 0..height {
+            for x in 0..width {
+                rows[y * width + x] = kernel
+                    .iter()
+                    .enumerate()
+                    .map(|(k, w)| {
+                        w * map[y * width + clamp(x as isize + k as isize - radius, width)]
+                    })
+                    .sum();
+            }
+        }
+        let mut expected = vec![0.0f32; map.len()];
+        for y in 0..height {
+            for x in 0..width {
+                expected[y * width + x] = kernel
+                    .iter()
+                    .enumerate()
+                    .map(|(k, w)| {
+                        w * rows[clamp(y as isize + k as isize - radius, height) * width + x]
+                    })
+                    .sum();
+            }
+        }
+        let (mut scratch, mut out) = (vec![0.0; map.len()], vec![0.0; map.len()]);
+        smooth(&map, width, height, &kernel, &mut scratch, &mut out);
+        assert_eq!(out, expected);
     }
 
     #[test]

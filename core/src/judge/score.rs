@@ -258,6 +258,8 @@ pub fn upsample_accumulate(
         let high = (low + 1).min(samples - 1);
         (low, high, (position - low as f32).clamp(0.0, 1.0))
     };
+    // The same for every row: computed once.
+    let columns: Vec<(usize, usize, f32)> = (0..out_width).map(|x| coordinate(x, width)).collect();
     for y in 0..out_height {
         let (y0, y1, fy) = coordinate(y, height);
         let (row0, row1) = (
@@ -265,8 +267,7 @@ pub fn upsample_accumulate(
             &map[y1 * width..(y1 + 1) * width],
         );
         let out_row = &mut out[y * out_width..(y + 1) * out_width];
-        for (x, o) in out_row.iter_mut().enumerate() {
-            let (x0, x1, fx) = coordinate(x, width);
+        for (o, &(x0, x1, fx)) in out_row.iter_mut().zip(&columns) {
             let top = row0[x0] + (row0[x1] - row0[x0]) * fx;
             let bottom = row1[x0] + (row1[x1] - row1[x0]) * fx;
             *o += weight * (top + (bottom - top) * fy);
