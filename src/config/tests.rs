@@ -56,7 +56,10 @@ fn example_replay_config_parses() {
     };
     assert_eq!(rep.path, PathBuf::from("../shared/data/mtd/test"));
     assert!(!rep.looping);
-    assert_eq!(cfg.model.bundle, PathBuf::from("models/bundles/mtd-edge"));
+    assert_eq!(
+        cfg.model.bundle,
+        PathBuf::from("models/bundles/mtd-edge-map")
+    );
     assert!(matches!(
         cfg.reject.actuator,
         ActuatorConfig::LogOnly { .. }
