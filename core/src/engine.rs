@@ -46,6 +46,8 @@ pub enum EngineError {
     Inference { network: String, message: String },
     #[error("the anomaly map is not finite (NaN): the part cannot be judged")]
     NotFinite,
+    #[error("no frame has been judged since the last failure: there is no anomaly map to draw")]
+    NotJudged,
     #[error("input has {found} values, the bundle expects {expected}")]
     InputSize { found: usize, expected: usize },
 }
@@ -177,6 +179,17 @@ struct ScaleState {
     score: Vec<f32>,
 }
 
+/// How far the last frame's anomaly map has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MapState {
+    /// No frame judged, or the last judging or mapping failed: nothing to show.
+    Stale,
+    /// Judged; the map-only scales have not run yet.
+    Pending,
+    /// Complete and checked.
+    Ready,
+}
+
 /// Which networks a pass runs: those of the scales that feed the image score, or those of the
 /// scales that feed only the anomaly map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +227,7 @@ pub struct Analysis<'a> {
     pub width: usize,
     pub height: usize,
     /// The frame as judged, at the input resolution (empty after
-    /// [`Engine::analyze_input`]): overlays are drawn on it, so nothing resizes a frame twice.
+    /// [`Engine::judge_input`]): overlays are drawn on it, so nothing resizes a frame twice.
     pub input: &'a RgbImage,
 }
 
@@ -243,7 +256,7 @@ pub struct Engine {
     /// What the image score reads when it is fed by other scales than the map
     /// ([`ScaleRole`]); `None` when every scale feeds both and the score reads `fused`.
     score_map: Option<Vec<f32>>,
-    /// The frame of the last [`Engine::analyze`], resized to the input; shared, so the daemon
+    /// The frame of the last [`Engine::judge`], resized to the input; shared, so the daemon
     /// keeps it for its live page and archive without copying it.
     judged: Arc<RgbImage>,
     scorer: ImageScorer,
@@ -254,8 +267,8 @@ pub struct Engine {
     judge_kernels: Executor,
     /// The same for the mapping pass, which runs fewer networks.
     map_kernels: Executor,
-    /// The last judged frame's map-only scales have not run yet ([`Engine::map`] runs them).
-    map_pending: bool,
+    /// Whether the last judged frame's map is drawn, waits for its own pass, or is unusable.
+    map_state: MapState,
     /// The last judged frame's image score (NaN when it could not be judged).
     score: f32,
 }
@@ -370,8 +383,10 @@ impl Engine {
                 .map(|s| s.networks.len())
                 .sum()
         };
-        let judge_kernels = kernel_executor(threads / pass_networks(Pass::Judge).max(1))?;
-        let map_kernels = kernel_executor(threads / pass_networks(Pass::Map).max(1))?;
+        // A pass without networks (no map-only scales) needs no threads.
+        let kernels = |networks: usize| kernel_executor(threads.checked_div(networks).unwrap_or(1));
+        let judge_kernels = kernels(pass_networks(Pass::Judge))?;
+        let map_kernels = kernels(pass_networks(Pass::Map))?;
         let input =
             Arc::new(
                 Tensor::zero::<f32>(&input_shape).map_err(|e| EngineError::Model {
@@ -398,7 +413,7 @@ impl Engine {
             pool,
             judge_kernels,
             map_kernels,
-            map_pending: false,
+            map_state: MapState::Stale,
             score: f32::NAN,
         })
     }
@@ -441,7 +456,7 @@ impl Engine {
     /// the result), normalise, run the scales that feed the image score, score. The scales
     /// that only map wait for [`Engine::map`].
     pub fn judge(&mut self, image: &DynamicImage) -> Result<Judgement, EngineError> {
-        self.map_pending = false;
+        self.map_state = MapState::Stale;
         self.score = f32::NAN;
         let spec = self.bundle.manifest.input.clone();
         let rgb = preprocess::resize_rgb(image, &spec);
@@ -450,7 +465,8 @@ impl Engine {
         filled?;
         self.judge_current_input()
     }
-    /// The frame the last [`Engine::analyze`] judged, at the input resolution, also when the
+
+    /// The frame the last [`Engine::judge`] judged, at the input resolution, also when the
     /// networks then failed (a failed part is still shown and archived as it was seen).
     pub fn judged_image(&self) -> &Arc<RgbImage> {
         &self.judged
@@ -465,7 +481,7 @@ impl Engine {
     /// Judges an already normalised CHW input of the bundle's size; the map waits for
     /// [`Engine::map`].
     pub fn judge_input(&mut self, input: &[f32]) -> Result<Judgement, EngineError> {
-        self.map_pending = false;
+        self.map_state = MapState::Stale;
         self.score = f32::NAN;
         let (height, width) = self.input_size();
         if input.len() != 3 * height * width {
@@ -482,20 +498,26 @@ impl Engine {
     /// Whether the last judged frame's map still needs its own networks: [`Engine::map`] then
     /// costs a pass of them, otherwise nothing.
     pub fn map_pending(&self) -> bool {
-        self.map_pending
+        self.map_state == MapState::Pending
     }
 
     /// The last judged frame's anomaly map, running the map-only scales first if they have not
-    /// run on it yet. Before any frame was judged the map is all zeros.
+    /// run on it yet. An error when no frame was judged, or when judging or mapping it failed:
+    /// a stale map is never shown as the frame's.
     pub fn map(&mut self) -> Result<Analysis<'_>, EngineError> {
-        if self.map_pending {
-            self.map_pending = false;
-            self.run_pass(Pass::Map)?;
-            // A map fed by other scales than the score is checked on its own: a broken map
-            // must be as visible as a broken score.
-            if self.fused.iter().any(|v| v.is_nan()) {
-                return Err(EngineError::NotFinite);
+        match self.map_state {
+            MapState::Stale => return Err(EngineError::NotJudged),
+            MapState::Pending => {
+                self.map_state = MapState::Stale;
+                self.run_pass(Pass::Map)?;
+                // A map fed by other scales than the score is checked on its own: a broken map
+                // must be as visible as a broken score.
+                if self.fused.iter().any(|v| v.is_nan()) {
+                    return Err(EngineError::NotFinite);
+                }
+                self.map_state = MapState::Ready;
             }
+            MapState::Ready => {}
         }
         let (height, width) = self.input_size();
         let score = self.score;
@@ -578,14 +600,24 @@ impl Engine {
             }
         }
         self.run_pass(Pass::Judge)?;
-        let score = self
-            .scorer
-            .score(self.score_map.as_deref().unwrap_or(&self.fused));
-        if score.is_nan() {
+        let scored = self.score_map.as_deref().unwrap_or(&self.fused);
+        let score = self.scorer.score(scored);
+        // The whole map the score reads, the border the score leaves out included, and the
+        // anomaly map where judging drew it too: a NaN anywhere stops the part.
+        let pending = self.scales.iter().any(|s| Pass::of(s.role) == Pass::Map);
+        let has_nan = |map: &[f32]| map.iter().any(|v| v.is_nan());
+        if score.is_nan()
+            || has_nan(scored)
+            || (!pending && self.score_map.is_some() && has_nan(&self.fused))
+        {
             return Err(EngineError::NotFinite);
         }
         self.score = score;
-        self.map_pending = self.scales.iter().any(|s| Pass::of(s.role) == Pass::Map);
+        self.map_state = if pending {
+            MapState::Pending
+        } else {
+            MapState::Ready
+        };
         Ok(Judgement {
             score,
             verdict: Verdict::from_score(score, self.threshold),

@@ -147,7 +147,8 @@ impl fmt::Display for LatencySummary {
 pub struct LatestFrame {
     /// The region of interest at the bundle's input size.
     pub image: Arc<RgbImage>,
-    /// The anomaly map over `image` (`map_width × map_height`); empty when not judged.
+    /// The anomaly map over `image` (`map_width × map_height`); empty when the part was not
+    /// judged, or when its map waited for a pass of its own that was not run (parts waiting).
     pub map: Arc<Vec<f32>>,
     /// Map width.
     pub map_width: usize,
@@ -209,6 +210,7 @@ struct Inner {
     reload_failures: u64,
     archive_errors: u64,
     maps_skipped: u64,
+    maps_failed: u64,
     last_archive_error_at: Option<Instant>,
     /// Why each of the last [`HEALTH_WINDOW`] parts failed safe (`None`: judged).
     recent: std::collections::VecDeque<Option<FailReason>>,
@@ -308,6 +310,12 @@ impl Metrics {
     /// A rejected part's deferred anomaly map was not drawn because parts were waiting.
     pub fn map_skipped(&self) {
         self.lock().maps_skipped += 1;
+    }
+
+    /// A rejected part's deferred anomaly map could not be drawn (its networks failed or gave
+    /// NaN): the part was rejected, but its map scales are broken.
+    pub fn map_failed(&self) {
+        self.lock().maps_failed += 1;
     }
 
     /// A reload was applied (`ok`) or refused.
@@ -451,6 +459,7 @@ impl Metrics {
             reload_failures: m.reload_failures,
             archive_errors: m.archive_errors,
             maps_skipped: m.maps_skipped,
+            maps_failed: m.maps_failed,
         }
     }
 
@@ -524,8 +533,14 @@ impl Metrics {
         );
         counter(
             "ustad_maps_skipped_total",
-            "Rejected parts whose deferred anomaly map was not drawn because parts were waiting.",
+            "Rejected parts whose deferred anomaly map was not drawn: parts were waiting, or a map \
+             does not fit the frame budget.",
             m.maps_skipped,
+        );
+        counter(
+            "ustad_map_failures_total",
+            "Rejected parts whose deferred anomaly map failed (its networks broke or gave NaN).",
+            m.maps_failed,
         );
         out.push_str(
             "# HELP ustad_verdicts_total Parts by verdict.\n# TYPE ustad_verdicts_total counter\n",
@@ -622,8 +637,11 @@ pub struct Snapshot {
     pub reload_failures: u64,
     /// Archive write failures.
     pub archive_errors: u64,
-    /// Rejected parts archived without their deferred anomaly map (parts were waiting).
+    /// Rejected parts archived without their deferred anomaly map (parts were waiting, or a
+    /// map does not fit the frame budget).
     pub maps_skipped: u64,
+    /// Rejected parts whose deferred anomaly map failed.
+    pub maps_failed: u64,
 }
 
 impl Snapshot {

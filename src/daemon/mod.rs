@@ -446,6 +446,7 @@ impl Daemon {
             jobs: jobs_rx,
             live: Arc::clone(&live),
             verdicts: verdicts.clone(),
+            map_cost: None,
         };
         let inference_thread = spawn("ustad-infer", move || inference.run())?;
 

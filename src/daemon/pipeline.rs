@@ -498,6 +498,8 @@ pub(crate) struct InferenceStage {
     pub jobs: Receiver<Job>,
     pub live: Arc<Mutex<Live>>,
     pub verdicts: Verdicts,
+    /// How long this engine's last deferred map took; `None` until one was drawn.
+    pub map_cost: Option<Duration>,
 }
 
 impl InferenceStage {
@@ -523,7 +525,7 @@ impl InferenceStage {
             };
             let (outcome, dispatched) = self.verdicts.dispatch(outcome, &live);
             let mut outcome = outcome;
-            self.draw_deferred_map(&mut outcome);
+            self.draw_deferred_map(&mut outcome, live.budget);
             self.verdicts.record(outcome, dispatched);
         }
     }
@@ -535,6 +537,7 @@ impl InferenceStage {
                 EngineUpdate::Engine(engine) => {
                     log::info!("now judging with bundle {}", engine.bundle().dir.display());
                     self.engine = *engine;
+                    self.map_cost = None;
                 }
                 EngineUpdate::Threshold(threshold) => self.engine.set_threshold(threshold),
             }
@@ -556,31 +559,49 @@ impl InferenceStage {
     }
 
     /// Draws the map that judging left for later (a bundle with map-only scales), after the
-    /// actuator has the verdict: for rejected parts only, whose map says why, and only while
-    /// no part waits, so drawing never makes the next part late.
-    fn draw_deferred_map(&mut self, outcome: &mut Outcome) {
+    /// actuator has the verdict, for rejected parts only, whose map says why. A part that
+    /// arrives meanwhile waits for the map, so it is drawn only while no part waits and only
+    /// when the last map's time plus this part's judging fit the frame budget; the first map of
+    /// an engine is drawn to learn its time. Skipped and failed maps are counted.
+    fn draw_deferred_map(&mut self, outcome: &mut Outcome, budget: Duration) {
         if !self.engine.map_pending() || !matches!(outcome.result, Ok(Verdict::Reject)) {
             return;
         }
-        if !self.jobs.is_empty() {
+        let judging = outcome.inference.unwrap_or_default();
+        let waiting = self.jobs.len();
+        let too_slow = self.map_cost.is_some_and(|cost| cost + judging > budget);
+        if waiting > 0 || too_slow {
             log::debug!(
-                "part {}: anomaly map not drawn, {} part(s) waiting",
+                "part {}: anomaly map not drawn ({})",
                 outcome.part,
-                self.jobs.len()
+                if waiting > 0 {
+                    format!("{waiting} part(s) waiting")
+                } else {
+                    format!(
+                        "a map takes {} ms, the frame budget is {} ms",
+                        self.map_cost.unwrap_or_default().as_millis(),
+                        budget.as_millis()
+                    )
+                }
             );
             self.verdicts.metrics.map_skipped();
             return;
         }
+        let started = Instant::now();
         let drawn = self
             .engine
             .map()
             .map(|a| (Arc::new(a.map.to_vec()), a.width, a.height));
+        self.map_cost = Some(started.elapsed());
         match (drawn, &mut outcome.view) {
             (Ok((map, width, height)), Some(view)) => {
                 (view.1, view.2, view.3) = (map, width, height);
             }
             (Ok(_), None) => {}
-            (Err(e), _) => log::warn!("part {}: anomaly map failed: {e}", outcome.part),
+            (Err(e), _) => {
+                log::warn!("part {}: anomaly map failed: {e}", outcome.part);
+                self.verdicts.metrics.map_failed();
+            }
         }
     }
 

@@ -368,7 +368,7 @@ fn calibrated_map(
 
 #[test]
 fn two_reduced_views_judge_the_part_and_the_full_view_maps_it() {
-    use ustad_core::engine::{Engine, EngineOptions};
+    use ustad_core::engine::{Engine, EngineError, EngineOptions};
     use ustad_core::judge::decide::ImageScorer;
     use ustad_core::judge::score::ScaleRole;
 
@@ -400,6 +400,8 @@ fn two_reduced_views_judge_the_part_and_the_full_view_maps_it() {
     // The engine scores the mean of the two coarse views and maps the fine scale alone.
     let rule = bundle.manifest.image_score;
     let mut engine = Engine::load(bundle, EngineOptions::default()).unwrap();
+    // No map before a frame was judged.
+    assert!(matches!(engine.map(), Err(EngineError::NotJudged)));
     let analysis = engine.analyze_input(&input).unwrap();
     let (score, map) = (analysis.score, analysis.map.to_vec());
     let coarse_map = calibrated_map(&engine, 0, (side, side));
@@ -459,6 +461,9 @@ fn two_reduced_views_judge_the_part_and_the_full_view_maps_it() {
     assert!(!engine.map_pending());
     assert!(engine.network_timings().iter().all(|(_, t)| !t.is_zero()));
     assert_eq!(engine.analyze_input(&other).unwrap().score, other_score);
+    // A frame that could not be judged leaves no map to show, not the last frame's.
+    assert!(engine.judge_input(&other[1..]).is_err());
+    assert!(matches!(engine.map(), Err(EngineError::NotJudged)));
 
     // A manifest edited into a geometry or roles the engine cannot run is refused by name.
     let manifest = options.out.join("bundle.toml");

@@ -310,8 +310,14 @@ mod tests {
 
     #[test]
     fn smoothing_equals_the_per_pixel_convolution_bit_for_bit() {
-        // A kernel wider than the map (radius 6 on 5 rows) exercises the clamping on both sides.
-        let (width, height) = (13, 5);
+        // Kernels wider than the map (radius 6) exercise the clamping on both sides, down to a
+        // single column or row.
+        for (width, height) in [(13, 5), (1, 4), (3, 1), (3, 3)] {
+            check_smoothing(width, height);
+        }
+    }
+
+    fn check_smoothing(width: usize, height: usize) {
         let map: Vec<f32> = (0..width * height)
             .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.7)
             .collect();
@@ -344,7 +350,7 @@ mod tests {
         }
         let (mut scratch, mut out) = (vec![0.0; map.len()], vec![0.0; map.len()]);
         smooth(&map, width, height, &kernel, &mut scratch, &mut out);
-        assert_eq!(out, expected);
+        assert_eq!(out, expected, "{width}x{height}");
     }
 
     #[test]
