@@ -588,8 +588,9 @@ impl Engine {
     }
 
     /// Clears the maps, runs the judging pass and scores it; the mapping pass is left pending.
+    /// The callers have already marked the last frame's score and map as gone (before filling
+    /// the input, which can fail).
     fn judge_current_input(&mut self) -> Result<Judgement, EngineError> {
-        self.score = f32::NAN;
         self.fused.fill(0.0);
         if let Some(map) = &mut self.score_map {
             map.fill(0.0);

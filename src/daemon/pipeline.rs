@@ -476,6 +476,9 @@ fn pairing_job(p: Pairing) -> Job {
 /// The judged region at input size, its anomaly map and the map's width and height.
 type View = (Arc<RgbImage>, Arc<Vec<f32>>, usize, usize);
 
+/// An anomaly map and its width and height, as a [`View`] holds them.
+type MapView = (Arc<Vec<f32>>, usize, usize);
+
 /// What the inference thread concluded about one part.
 struct Outcome {
     part: u64,
@@ -523,8 +526,7 @@ impl InferenceStage {
                 } => self.judge(part, captured, frame, &live, threshold),
                 Job::Failed(failed) => failed.outcome(self.verdicts.clock.now(), threshold),
             };
-            let (outcome, dispatched) = self.verdicts.dispatch(outcome, &live);
-            let mut outcome = outcome;
+            let (mut outcome, dispatched) = self.verdicts.dispatch(outcome, &live);
             self.draw_deferred_map(&mut outcome, live.budget);
             self.verdicts.record(outcome, dispatched);
         }
@@ -546,10 +548,16 @@ impl InferenceStage {
 
     /// The judged frame's anomaly map when judging drew it (every scale that maps also
     /// judges); empty when it waits for its own networks ([`Self::draw_deferred_map`]).
-    fn ready_map(&mut self) -> Result<(Arc<Vec<f32>>, usize, usize), EngineError> {
+    fn ready_map(&mut self) -> Result<MapView, EngineError> {
         if self.engine.map_pending() {
             return Ok((Arc::new(Vec::new()), 0, 0));
         }
+        self.map_view()
+    }
+
+    /// The judged frame's anomaly map, copied out of the engine's buffer for the live page and
+    /// the archive (drawn first if it waited for its own networks).
+    fn map_view(&mut self) -> Result<MapView, EngineError> {
         let analysis = self.engine.map()?;
         Ok((
             Arc::new(analysis.map.to_vec()),
@@ -588,10 +596,7 @@ impl InferenceStage {
             return;
         }
         let started = Instant::now();
-        let drawn = self
-            .engine
-            .map()
-            .map(|a| (Arc::new(a.map.to_vec()), a.width, a.height));
+        let drawn = self.map_view();
         self.map_cost = Some(started.elapsed());
         match (drawn, &mut outcome.view) {
             (Ok((map, width, height)), Some(view)) => {
@@ -690,8 +695,9 @@ struct Dispatched {
 }
 
 /// Where every part's verdict goes: the actuator, the metrics, the archive and the log. The
-/// inference thread records the parts it judged, the capture thread the parts it failed safe
-/// because the queue was full; both through [`Verdicts::finish`].
+/// inference thread records the parts it judged (through [`Verdicts::dispatch`], then
+/// [`Verdicts::record`] once their deferred map is drawn), the capture thread the parts it
+/// failed safe because the queue was full (through [`Verdicts::finish`], the two at once).
 #[derive(Clone)]
 pub(crate) struct Verdicts {
     pub clock: Arc<dyn Clock>,
